@@ -1,0 +1,599 @@
+// model.c - LLaMA forward pass on the CPU: RMSNorm, RoPE, grouped-query attention over an F16
+// KV cache, SwiGLU, tied or untied output; batched over rows of several sequences.
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "quant.h"
+#include "threadpool.h"
+
+// --- loading --------------------------------------------------------------------------------
+
+// Reads "<arch>.<suffix>" as u32; `def` < 0 means required.
+static int get_hp_u32(const ac_gguf_t *g, const char *arch, const char *suffix, int64_t def, int32_t *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  uint32_t v;
+  int rc = ac_gguf_get_u32(g, key, &v);
+  if (rc == AC_ENOTFOUND && def >= 0) {
+    *out = (int32_t)def;
+    return 0;
+  }
+  if (rc) return rc;
+  if (v > INT32_MAX) return ac_error(AC_EFORMAT, "key '%s': %u is out of range", key, v);
+  *out = (int32_t)v;
+  return 0;
+}
+
+static int get_hp_f32(const ac_gguf_t *g, const char *arch, const char *suffix, float def, float *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  int rc = ac_gguf_get_f32(g, key, out);
+  if (rc == AC_ENOTFOUND) {
+    *out = def;
+    return 0;
+  }
+  return rc;
+}
+
+// A per-layer hyper-parameter that may be a scalar or an array of n_layer values (pruned
+// models). `def` < 0 means required; def_arr, if given, is the default per layer.
+static int get_hp_layers(const ac_gguf_t *g, const char *arch, const char *suffix, int n_layer,
+                         const int32_t *def_arr, int32_t *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  const ac_gguf_kv_t *kv = ac_gguf_find_kv(g, key);
+  if (!kv) {
+    if (!def_arr) return ac_error(AC_ENOTFOUND, "required key '%s' is missing", key);
+    memcpy(out, def_arr, n_layer * sizeof *out);
+    return 0;
+  }
+  if (kv->type == AC_GGUF_ARRAY) {
+    if (kv->arr_n != (uint64_t)n_layer)
+      return ac_error(AC_EFORMAT, "key '%s': %llu values for %d layers", key, (unsigned long long)kv->arr_n, n_layer);
+    for (int l = 0; l < n_layer; l++) {
+      uint32_t v;
+      int rc = ac_gguf_arr_u32(kv, l, &v);
+      if (rc) return rc;
+      if (v == 0 || v > (1u << 20)) return ac_error(AC_EFORMAT, "key '%s'[%d] = %u is out of range", key, l, v);
+      out[l] = (int32_t)v;
+    }
+    return 0;
+  }
+  int32_t v;
+  int rc = get_hp_u32(g, arch, suffix, -1, &v);
+  if (rc) return rc;
+  if (v == 0 || v > (1 << 20)) return ac_error(AC_EFORMAT, "key '%s' = %d is out of range", key, v);
+  for (int l = 0; l < n_layer; l++) out[l] = v;
+  return 0;
+}
+
+// Binds `name` (a 1-D vector of ne0 or a matrix ne0 x ne1) and checks its shape. An absent
+// optional tensor leaves w->data NULL.
+static int bind(const ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1, bool optional) {
+  const ac_gguf_tensor_t *t = ac_gguf_find_tensor(m->gguf, name);
+  memset(w, 0, sizeof *w);
+  if (!t) return optional ? 0 : ac_error(AC_ENOTFOUND, "required tensor '%s' is missing", name);
+  const ac_type_traits_t *tt = ac_type_traits(t->type);
+  if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
+    return ac_error(AC_EFORMAT, "tensor '%s' has shape [%lld, %lld], want [%lld, %lld]", name,
+                    (long long)t->ne[0], (long long)t->ne[1], (long long)ne0, (long long)ne1);
+  if (ne1 == 1 && t->type != AC_TYPE_F32)
+    return ac_error(AC_EUNSUPPORTED, "tensor '%s': norm weights must be f32, have %s", name, tt->name);
+  if (ne1 > 1) {
+    const ac_type_traits_t *vt = ac_type_traits(tt->vec_dot_type);
+    if (!tt->vec_dot || !vt || !vt->from_float || !tt->to_float)
+      return ac_error(AC_EUNSUPPORTED, "tensor '%s': type %s has no CPU kernels", name, tt->name);
+    if (ne0 % vt->blck_size)
+      return ac_error(AC_EUNSUPPORTED, "tensor '%s': row length %lld does not fit %s blocks", name,
+                      (long long)ne0, vt->name);
+  }
+  w->name = t->name;
+  w->type = t->type;
+  w->ne[0] = ne0;
+  w->ne[1] = ne1;
+  w->data = t->data;
+  w->row_bytes = ac_row_size(t->type, ne0);
+  return 0;
+}
+
+static int load_hparams(ac_model_t *m) {
+  const ac_gguf_t *g = m->gguf;
+  ac_hparams_t *hp = &m->hp;
+  ac_str_t arch;
+  int rc = ac_gguf_get_str(g, "general.architecture", &arch);
+  if (rc) return rc;
+  if (arch.len >= sizeof hp->arch) return ac_error(AC_EFORMAT, "general.architecture is too long");
+  memcpy(hp->arch, arch.ptr, arch.len);
+  hp->arch[arch.len] = 0;
+  // The llama graph serves every architecture that is llama under another name.
+  static const char *llama_like[] = {"llama", "mistral", "granite"};
+  bool known = false;
+  for (size_t i = 0; i < sizeof llama_like / sizeof *llama_like; i++) known |= strcmp(hp->arch, llama_like[i]) == 0;
+  if (!known) return ac_error(AC_EUNSUPPORTED, "architecture '%s' is not supported (supported: llama, mistral)", hp->arch);
+  const char *a = hp->arch;
+
+  if ((rc = get_hp_u32(g, a, "block_count", -1, &hp->n_layer)) ||
+      (rc = get_hp_u32(g, a, "embedding_length", -1, &hp->n_embd)) ||
+      (rc = get_hp_u32(g, a, "context_length", 2048, &hp->n_ctx_train)))
+    return rc;
+  if (hp->n_layer < 1 || hp->n_layer > 1024) return ac_error(AC_EFORMAT, "%s.block_count = %d is out of range", a, hp->n_layer);
+  if (hp->n_embd < 1 || hp->n_embd > (1 << 17)) return ac_error(AC_EFORMAT, "%s.embedding_length = %d is out of range", a, hp->n_embd);
+  int L = hp->n_layer;
+  hp->n_head = calloc(L, sizeof(int32_t));
+  hp->n_head_kv = calloc(L, sizeof(int32_t));
+  hp->n_ff = calloc(L, sizeof(int32_t));
+  if (!hp->n_head || !hp->n_head_kv || !hp->n_ff) return ac_error(AC_ENOMEM, "out of memory");
+  if ((rc = get_hp_layers(g, a, "attention.head_count", L, NULL, hp->n_head)) ||
+      (rc = get_hp_layers(g, a, "attention.head_count_kv", L, hp->n_head, hp->n_head_kv)) ||
+      (rc = get_hp_layers(g, a, "feed_forward_length", L, NULL, hp->n_ff)))
+    return rc;
+  for (int l = 0; l < L; l++)
+    if (hp->n_head[l] % hp->n_head_kv[l])
+      return ac_error(AC_EFORMAT, "layer %d: %d heads is not a multiple of %d kv heads", l, hp->n_head[l], hp->n_head_kv[l]);
+  int32_t hd_default = hp->n_embd / hp->n_head[0], vlen;
+  if ((rc = get_hp_u32(g, a, "attention.key_length", hd_default, &hp->head_dim)) ||
+      (rc = get_hp_u32(g, a, "attention.value_length", hp->head_dim, &vlen)))
+    return rc;
+  if (vlen != hp->head_dim) return ac_error(AC_EUNSUPPORTED, "key length %d != value length %d", hp->head_dim, vlen);
+  if (hp->head_dim < 2 || hp->head_dim % 2 || hp->head_dim > 1024) return ac_error(AC_EFORMAT, "head size %d is invalid", hp->head_dim);
+  if ((rc = get_hp_u32(g, a, "rope.dimension_count", hp->head_dim, &hp->n_rot))) return rc;
+  if (hp->n_rot > hp->head_dim || hp->n_rot % 2) return ac_error(AC_EFORMAT, "rope.dimension_count %d is invalid", hp->n_rot);
+  if ((rc = get_hp_f32(g, a, "rope.freq_base", 10000.0f, &hp->rope_theta)) ||
+      (rc = get_hp_f32(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->norm_eps)))
+    return rc;
+  float factor = 1.0f;
+  char key[128];
+  snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+  ac_str_t st;
+  if (ac_gguf_get_str(g, key, &st) == 0 && st.len == 6 && memcmp(st.ptr, "linear", 6) == 0) {
+    if ((rc = get_hp_f32(g, a, "rope.scaling.factor", 1.0f, &factor))) return rc;
+  } else if ((rc = get_hp_f32(g, a, "rope.scale_linear", 1.0f, &factor))) {
+    return rc;
+  }
+  if (!(factor > 0)) return ac_error(AC_EFORMAT, "rope scaling factor %g is invalid", factor);
+  hp->rope_freq_scale = 1.0f / factor;
+  hp->rope_type = AC_ROPE_NORM;  // llama GGUFs store q/k permuted for adjacent-pair rotation
+  return 0;
+}
+
+int ac_model_load(const char *path, ac_model_t **out) {
+  *out = NULL;
+  ac_model_t *m = calloc(1, sizeof *m);
+  if (!m) return ac_error(AC_ENOMEM, "out of memory");
+  int rc = ac_gguf_open(path, &m->gguf);
+  if (rc) goto fail;
+  if ((rc = load_hparams(m))) goto fail;
+  ac_hparams_t *hp = &m->hp;
+  const ac_gguf_tensor_t *te = ac_gguf_find_tensor(m->gguf, "token_embd.weight");
+  if (!te) {
+    rc = ac_error(AC_ENOTFOUND, "required tensor 'token_embd.weight' is missing");
+    goto fail;
+  }
+  hp->n_vocab = (int32_t)te->ne[1];
+  int64_t E = hp->n_embd, V = hp->n_vocab, hd = hp->head_dim;
+  if ((rc = bind(m, &m->tok_embd, "token_embd.weight", E, V, false)) ||
+      (rc = bind(m, &m->output_norm, "output_norm.weight", E, 1, false)) ||
+      (rc = bind(m, &m->output, "output.weight", E, V, true)))
+    goto fail;
+  hp->tied_output = m->output.data == NULL;
+  if (hp->tied_output) m->output = m->tok_embd;
+
+  const ac_gguf_tensor_t *rf = ac_gguf_find_tensor(m->gguf, "rope_freqs.weight");
+  if (rf) {
+    if (rf->type != AC_TYPE_F32 || rf->ne[0] != hp->n_rot / 2 || rf->ne[1] != 1) {
+      rc = ac_error(AC_EFORMAT, "tensor 'rope_freqs.weight' must be f32 [%d]", hp->n_rot / 2);
+      goto fail;
+    }
+    m->rope_freqs = rf->data;
+  }
+
+  m->layers = calloc(hp->n_layer, sizeof *m->layers);
+  if (!m->layers) {
+    rc = ac_error(AC_ENOMEM, "out of memory");
+    goto fail;
+  }
+  for (int l = 0; l < hp->n_layer; l++) {
+    ac_layer_t *ly = &m->layers[l];
+    int64_t q = hp->n_head[l] * hd, kv = hp->n_head_kv[l] * hd, ff = hp->n_ff[l];
+    char n[9][64];
+    static const char *suffix[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                    "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+    for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
+    if ((rc = bind(m, &ly->attn_norm, n[0], E, 1, false)) || (rc = bind(m, &ly->wq, n[1], E, q, false)) ||
+        (rc = bind(m, &ly->wk, n[2], E, kv, false)) || (rc = bind(m, &ly->wv, n[3], E, kv, false)) ||
+        (rc = bind(m, &ly->wo, n[4], q, E, false)) || (rc = bind(m, &ly->ffn_norm, n[5], E, 1, false)) ||
+        (rc = bind(m, &ly->ffn_gate, n[6], E, ff, false)) || (rc = bind(m, &ly->ffn_up, n[7], E, ff, false)) ||
+        (rc = bind(m, &ly->ffn_down, n[8], ff, E, false)))
+      goto fail;
+  }
+  for (int64_t i = 0; i < ac_gguf_n_tensors(m->gguf); i++) {
+    const ac_gguf_tensor_t *t = ac_gguf_tensor(m->gguf, i);
+    m->weight_bytes += t->nbytes;
+    m->n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+  }
+  if ((rc = ac_tokenizer_from_gguf(m->gguf, &m->tok))) goto fail;
+  if (ac_tokenizer_n_vocab(m->tok) > hp->n_vocab) {
+    rc = ac_error(AC_EFORMAT, "tokenizer has %d tokens but the embedding only %d rows",
+                  ac_tokenizer_n_vocab(m->tok), hp->n_vocab);
+    goto fail;
+  }
+  *out = m;
+  return 0;
+fail:
+  ac_model_destroy(&m);
+  return rc;
+}
+
+void ac_model_destroy(ac_model_t **self_p) {
+  ac_model_t *m = *self_p;
+  if (!m) return;
+  ac_tokenizer_destroy(&m->tok);
+  free(m->layers);
+  free(m->hp.n_head);
+  free(m->hp.n_head_kv);
+  free(m->hp.n_ff);
+  ac_gguf_close(&m->gguf);
+  free(m);
+  *self_p = NULL;
+}
+
+// --- contexts -------------------------------------------------------------------------------
+
+struct ac_ctx {
+  const ac_model_t *m;
+  ac_ctx_params_t p;
+  ac_pool_t *pool;
+  // KV cache, per layer: k[l] and v[l] are (n_seq, n_head_kv[l], n_ctx, head_dim) f16, so one
+  // head's keys for one sequence are contiguous.
+  uint16_t **k, **v;
+  int32_t *seq_len;  // (n_seq)
+  // Scratch for one batch of up to n_batch rows, one allocation (see ctx_new for the shapes).
+  float *buf;
+  float *x, *xb, *q, *kk, *vv, *att, *hg, *hu;
+  void *actq;        // activation rows converted to a weight's vec_dot_type
+  float *scores;     // (n_threads, n_ctx) attention scores
+  float *rope_cs;    // (n_batch, n_rot) cos, sin pairs
+  int32_t *pos;      // (n_batch) position of each row
+  int32_t max_q, max_kv, max_ff;
+};
+
+int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
+  *out = NULL;
+  const ac_hparams_t *hp = &m->hp;
+  if (p.n_ctx <= 0) p.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+  if (p.n_seq <= 0) p.n_seq = 1;
+  if (p.n_batch <= 0) p.n_batch = 512;
+  if (p.n_threads <= 0) p.n_threads = 1;
+  if (p.n_ctx > (1 << 20) || p.n_seq > 4096 || p.n_batch > 65536 || p.n_threads > 512)
+    return ac_error(AC_ERANGE, "context parameters out of range");
+  ac_ctx_t *c = calloc(1, sizeof *c);
+  if (!c) return ac_error(AC_ENOMEM, "out of memory");
+  c->m = m;
+  c->p = p;
+  int L = hp->n_layer, hd = hp->head_dim;
+  for (int l = 0; l < L; l++) {
+    if (hp->n_head[l] * hd > c->max_q) c->max_q = hp->n_head[l] * hd;
+    if (hp->n_head_kv[l] * hd > c->max_kv) c->max_kv = hp->n_head_kv[l] * hd;
+    if (hp->n_ff[l] > c->max_ff) c->max_ff = hp->n_ff[l];
+  }
+  c->k = calloc(L, sizeof *c->k);
+  c->v = calloc(L, sizeof *c->v);
+  c->seq_len = calloc(p.n_seq, sizeof *c->seq_len);
+  if (!c->k || !c->v || !c->seq_len) goto oom;
+  for (int l = 0; l < L; l++) {
+    size_t n = (size_t)p.n_seq * hp->n_head_kv[l] * p.n_ctx * hd;
+    c->k[l] = malloc(n * sizeof(uint16_t));
+    c->v[l] = malloc(n * sizeof(uint16_t));
+    if (!c->k[l] || !c->v[l]) goto oom;
+  }
+  size_t B = p.n_batch, E = hp->n_embd;
+  size_t widest = E > (size_t)c->max_q ? E : (size_t)c->max_q;
+  if ((size_t)c->max_ff > widest) widest = c->max_ff;
+  size_t floats = B * E * 2 + B * c->max_q * 2 + B * c->max_kv * 2 + B * c->max_ff * 2 +
+                  (size_t)p.n_threads * p.n_ctx + B * hp->n_rot;
+  c->buf = malloc(floats * sizeof(float));
+  // The widest activation row in the largest vec_dot_type (f32 = 4 bytes per element).
+  c->actq = malloc(B * widest * sizeof(float) + 64);
+  c->pos = malloc(B * sizeof *c->pos);
+  if (!c->buf || !c->actq || !c->pos) goto oom;
+  float *f = c->buf;
+  c->x = f, f += B * E;          // (B, n_embd) residual stream
+  c->xb = f, f += B * E;         // (B, n_embd) normed input
+  c->q = f, f += B * c->max_q;   // (B, n_head*hd)
+  c->att = f, f += B * c->max_q; // (B, n_head*hd) attention output
+  c->kk = f, f += B * c->max_kv; // (B, n_head_kv*hd)
+  c->vv = f, f += B * c->max_kv;
+  c->hg = f, f += B * c->max_ff; // (B, n_ff) gate, then silu(gate)*up
+  c->hu = f, f += B * c->max_ff; // (B, n_ff) up
+  c->scores = f, f += (size_t)p.n_threads * p.n_ctx;
+  c->rope_cs = f;
+  c->pool = ac_pool_new(p.n_threads);
+  if (!c->pool) goto oom;
+  *out = c;
+  return 0;
+oom:
+  ac_ctx_destroy(&c);
+  return ac_error(AC_ENOMEM, "out of memory for a context of %d positions x %d sequences", p.n_ctx, p.n_seq);
+}
+
+void ac_ctx_destroy(ac_ctx_t **self_p) {
+  ac_ctx_t *c = *self_p;
+  if (!c) return;
+  for (int l = 0; c->k && l < c->m->hp.n_layer; l++) free(c->k[l]);
+  for (int l = 0; c->v && l < c->m->hp.n_layer; l++) free(c->v[l]);
+  free(c->k);
+  free(c->v);
+  free(c->seq_len);
+  free(c->buf);
+  free(c->actq);
+  free(c->pos);
+  ac_pool_destroy(&c->pool);
+  free(c);
+  *self_p = NULL;
+}
+
+int32_t ac_ctx_n_ctx(const ac_ctx_t *ctx) { return ctx->p.n_ctx; }
+int32_t ac_ctx_n_batch(const ac_ctx_t *ctx) { return ctx->p.n_batch; }
+int32_t ac_ctx_seq_len(const ac_ctx_t *ctx, int32_t seq) {
+  return seq >= 0 && seq < ctx->p.n_seq ? ctx->seq_len[seq] : -1;
+}
+
+int ac_ctx_seq_truncate(ac_ctx_t *ctx, int32_t seq, int32_t len) {
+  if (seq < 0 || seq >= ctx->p.n_seq) return ac_error(AC_EINVAL, "no sequence slot %d", seq);
+  if (len < 0) return ac_error(AC_EINVAL, "negative length");
+  if (len < ctx->seq_len[seq]) ctx->seq_len[seq] = len;
+  return 0;
+}
+
+// --- matrix multiplication ----------------------------------------------------------------
+// Up to three weights that read the same input (q/k/v, gate/up) run as one job, their output
+// rows split evenly across the threads, so a decode step pays one dispatch per group.
+
+typedef struct {
+  int n_w;
+  const ac_weight_t *w[3];
+  float *out[3];     // (n_rows, w->ne[1])
+  int n_rows;
+  const void *act;   // n_rows activation rows in vec_dot_type
+  size_t act_stride; // bytes per activation row
+} matmul_job_t;
+
+static void matmul_worker(void *arg, int ith, int nth) {
+  const matmul_job_t *j = arg;
+  int64_t total = 0;
+  for (int i = 0; i < j->n_w; i++) total += j->w[i]->ne[1];
+  // Contiguous ranges over the concatenated output rows.
+  int64_t per = (total + nth - 1) / nth, lo = per * ith, hi = lo + per < total ? lo + per : total;
+  int64_t base = 0;
+  for (int i = 0; i < j->n_w && lo < hi; i++) {
+    const ac_weight_t *w = j->w[i];
+    int64_t M = w->ne[1], r0 = lo - base, r1 = hi - base;
+    base += M;
+    if (r1 <= 0 || r0 >= M) continue;
+    if (r0 < 0) r0 = 0;
+    if (r1 > M) r1 = M;
+    ac_vec_dot_fn dot = ac_type_traits(w->type)->vec_dot;
+    const uint8_t *wd = w->data;
+    float *out = j->out[i];
+    // Rows in tiles of 16 activation rows: each weight row is read from memory once per tile.
+    for (int n0 = 0; n0 < j->n_rows; n0 += 16) {
+      int n1 = n0 + 16 < j->n_rows ? n0 + 16 : j->n_rows;
+      for (int64_t r = r0; r < r1; r++) {
+        const void *wrow = wd + r * w->row_bytes;
+        for (int n = n0; n < n1; n++)
+          dot(w->ne[0], &out[(size_t)n * M + r], wrow, (const uint8_t *)j->act + n * j->act_stride);
+      }
+    }
+  }
+}
+
+typedef struct {
+  const float *x;
+  int64_t ne0;
+  int n_rows;
+  ac_from_float_fn from_float;
+  void *dst;
+  size_t stride;
+} quantize_job_t;
+
+static void quantize_worker(void *arg, int ith, int nth) {
+  const quantize_job_t *j = arg;
+  for (int n = ith; n < j->n_rows; n += nth)
+    j->from_float(j->x + (size_t)n * j->ne0, (uint8_t *)j->dst + n * j->stride, j->ne0);
+}
+
+// out_i = x @ w_i^T for each weight; all weights must share their input size and type.
+static void matmul(ac_ctx_t *c, int n_w, const ac_weight_t *const *w, float *const *out, const float *x, int n_rows) {
+  const ac_type_traits_t *tt = ac_type_traits(w[0]->type);
+  const ac_type_traits_t *vt = ac_type_traits(tt->vec_dot_type);
+  quantize_job_t qj = {x, w[0]->ne[0], n_rows, vt->from_float, c->actq, ac_row_size(tt->vec_dot_type, w[0]->ne[0])};
+  if (n_rows == 1) quantize_worker(&qj, 0, 1);
+  else ac_pool_run(c->pool, quantize_worker, &qj);
+  matmul_job_t j = {.n_w = n_w, .n_rows = n_rows, .act = c->actq, .act_stride = qj.stride};
+  for (int i = 0; i < n_w; i++) j.w[i] = w[i], j.out[i] = out[i];
+  ac_pool_run(c->pool, matmul_worker, &j);
+}
+
+static void matmul1(ac_ctx_t *c, const ac_weight_t *w, float *out, const float *x, int n_rows) {
+  matmul(c, 1, &w, &out, x, n_rows);
+}
+
+// Groups weights that can share one quantized input (same type); others go alone.
+static void matmul_group(ac_ctx_t *c, int n_w, const ac_weight_t *const *w, float *const *out, const float *x, int n_rows) {
+  bool same = true;
+  for (int i = 1; i < n_w; i++) same &= w[i]->type == w[0]->type;
+  if (same) {
+    matmul(c, n_w, w, out, x, n_rows);
+    return;
+  }
+  for (int i = 0; i < n_w; i++) matmul1(c, w[i], out[i], x, n_rows);
+}
+
+// --- element-wise pieces --------------------------------------------------------------------
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+  double ss = 0;  // double: the sum of squares of a wide row loses bits in float
+  for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+  float scale = (float)(1.0 / sqrt(ss / n + eps));
+  for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+// Rotates one head in place with the row's precomputed (cos, sin) pairs.
+static void rope_head(float *h, const float *cs, int n_rot, ac_rope_type_t type) {
+  int half = n_rot / 2;
+  for (int i = 0; i < half; i++) {
+    int a = type == AC_ROPE_NEOX ? i : 2 * i, b = type == AC_ROPE_NEOX ? i + half : 2 * i + 1;
+    float c = cs[2 * i], s = cs[2 * i + 1], x0 = h[a], x1 = h[b];
+    h[a] = x0 * c - x1 * s;
+    h[b] = x0 * s + x1 * c;
+  }
+}
+
+static void rope_tables(ac_ctx_t *c, int n) {
+  const ac_hparams_t *hp = &c->m->hp;
+  int half = hp->n_rot / 2;
+  for (int r = 0; r < n; r++) {
+    float *cs = c->rope_cs + (size_t)r * hp->n_rot;
+    float p = c->pos[r] * hp->rope_freq_scale;
+    for (int i = 0; i < half; i++) {
+      float freq = powf(hp->rope_theta, -2.0f * i / hp->n_rot);
+      if (c->m->rope_freqs) freq /= c->m->rope_freqs[i];
+      float theta = p * freq;
+      cs[2 * i] = cosf(theta);
+      cs[2 * i + 1] = sinf(theta);
+    }
+  }
+}
+
+// --- attention ------------------------------------------------------------------------------
+
+typedef struct {
+  ac_ctx_t *c;
+  int layer, n_rows;
+  const int32_t *seqs;
+} attn_job_t;
+
+// One (row, head) pair per unit of work: softmax(q k^T / sqrt(hd)) v over the row's sequence up
+// to and including its own position.
+static void attn_worker(void *arg, int ith, int nth) {
+  const attn_job_t *j = arg;
+  ac_ctx_t *c = j->c;
+  const ac_hparams_t *hp = &c->m->hp;
+  int l = j->layer, H = hp->n_head[l], Hkv = hp->n_head_kv[l], hd = hp->head_dim, T = c->p.n_ctx;
+  int group = H / Hkv;
+  float scale = 1.0f / sqrtf((float)hd);
+  float *sc = c->scores + (size_t)ith * T;
+  const ac_type_traits_t *f16 = ac_type_traits(AC_TYPE_F16);
+  uint16_t qh[1024];
+  float vrow[1024];
+  for (int u = ith; u < j->n_rows * H; u += nth) {
+    int r = u / H, h = u % H, kvh = h / group;
+    int seq = j->seqs ? j->seqs[r] : 0, len = c->pos[r] + 1;
+    const float *q = c->q + (size_t)r * H * hd + (size_t)h * hd;
+    size_t base = ((size_t)seq * Hkv + kvh) * T * hd;
+    const uint16_t *K = c->k[l] + base, *V = c->v[l] + base;
+    // q is rounded to f16 to use the f16 dot kernel, as llama.cpp does for an f16 cache.
+    f16->from_float(q, qh, hd);
+    float mx = -INFINITY;
+    for (int t = 0; t < len; t++) {
+      float s;
+      f16->vec_dot(hd, &s, K + (size_t)t * hd, qh);
+      sc[t] = s * scale;
+      if (sc[t] > mx) mx = sc[t];
+    }
+    float sum = 0;
+    for (int t = 0; t < len; t++) sum += sc[t] = expf(sc[t] - mx);
+    float inv = 1.0f / sum;
+    float *o = c->att + (size_t)r * H * hd + (size_t)h * hd;
+    memset(o, 0, hd * sizeof *o);
+    for (int t = 0; t < len; t++) {
+      float p = sc[t] * inv;
+      f16->to_float(V + (size_t)t * hd, vrow, hd);
+      for (int i = 0; i < hd; i++) o[i] += p * vrow[i];
+    }
+  }
+}
+
+// --- the forward pass -----------------------------------------------------------------------
+
+int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *seqs,
+                const int8_t *want_logits, float *logits) {
+  const ac_model_t *m = c->m;
+  const ac_hparams_t *hp = &m->hp;
+  if (n <= 0) return ac_error(AC_EINVAL, "empty batch");
+  if (n > c->p.n_batch) return ac_error(AC_ERANGE, "batch of %d rows is larger than n_batch %d", n, c->p.n_batch);
+  // Validate everything before touching the cache, and assign positions.
+  for (int r = 0; r < n; r++) {
+    int s = seqs ? seqs[r] : 0;
+    if (s < 0 || s >= c->p.n_seq) return ac_error(AC_EINVAL, "row %d: no sequence slot %d", r, s);
+    if (tokens[r] < 0 || tokens[r] >= hp->n_vocab)
+      return ac_error(AC_EINVAL, "row %d: token id %d is outside the vocabulary (%d)", r, tokens[r], hp->n_vocab);
+  }
+  for (int r = 0; r < n; r++) {
+    int s = seqs ? seqs[r] : 0;
+    c->pos[r] = c->seq_len[s]++;
+  }
+  for (int r = 0; r < n; r++) {
+    if (c->pos[r] >= c->p.n_ctx) {
+      for (int q = 0; q < n; q++) c->seq_len[seqs ? seqs[q] : 0]--;
+      return ac_error(AC_ERANGE, "sequence %d is full: position %d is past the context of %d tokens",
+                      seqs ? seqs[r] : 0, c->pos[r], c->p.n_ctx);
+    }
+  }
+
+  int E = hp->n_embd, hd = hp->head_dim, T = c->p.n_ctx;
+  const ac_type_traits_t *et = ac_type_traits(m->tok_embd.type);
+  const ac_type_traits_t *f16 = ac_type_traits(AC_TYPE_F16);
+  for (int r = 0; r < n; r++)
+    et->to_float((const uint8_t *)m->tok_embd.data + (size_t)tokens[r] * m->tok_embd.row_bytes, c->x + (size_t)r * E, E);
+  rope_tables(c, n);
+
+  for (int l = 0; l < hp->n_layer; l++) {
+    const ac_layer_t *ly = &m->layers[l];
+    int H = hp->n_head[l], Hkv = hp->n_head_kv[l], Q = H * hd, KV = Hkv * hd, F = hp->n_ff[l];
+    for (int r = 0; r < n; r++) rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)r * E, ly->attn_norm.data, E, hp->norm_eps);
+    const ac_weight_t *qkv[3] = {&ly->wq, &ly->wk, &ly->wv};
+    float *qkv_out[3] = {c->q, c->kk, c->vv};
+    matmul_group(c, 3, qkv, qkv_out, c->xb, n);
+    for (int r = 0; r < n; r++) {
+      const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
+      for (int h = 0; h < H; h++) rope_head(c->q + (size_t)r * Q + h * hd, cs, hp->n_rot, hp->rope_type);
+      for (int h = 0; h < Hkv; h++) rope_head(c->kk + (size_t)r * KV + h * hd, cs, hp->n_rot, hp->rope_type);
+      int s = seqs ? seqs[r] : 0;
+      for (int h = 0; h < Hkv; h++) {
+        size_t at = (((size_t)s * Hkv + h) * T + c->pos[r]) * hd;
+        f16->from_float(c->kk + (size_t)r * KV + h * hd, c->k[l] + at, hd);
+        f16->from_float(c->vv + (size_t)r * KV + h * hd, c->v[l] + at, hd);
+      }
+    }
+    attn_job_t aj = {c, l, n, seqs};
+    ac_pool_run(c->pool, attn_worker, &aj);
+    matmul1(c, &ly->wo, c->xb, c->att, n);
+    for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb[i];
+
+    for (int r = 0; r < n; r++) rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)r * E, ly->ffn_norm.data, E, hp->norm_eps);
+    const ac_weight_t *gu[2] = {&ly->ffn_gate, &ly->ffn_up};
+    float *gu_out[2] = {c->hg, c->hu};
+    matmul_group(c, 2, gu, gu_out, c->xb, n);
+    for (size_t i = 0; i < (size_t)n * F; i++) {
+      float g = c->hg[i];
+      c->hg[i] = g / (1.0f + expf(-g)) * c->hu[i];
+    }
+    matmul1(c, &ly->ffn_down, c->xb, c->hg, n);
+    for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb[i];
+  }
+
+  // Final norm and output projection for the rows that want logits, gathered contiguously.
+  int n_out = 0;
+  for (int r = 0; r < n; r++) {
+    bool want = want_logits ? want_logits[r] != 0 : r == n - 1;
+    if (want) rmsnorm(c->xb + (size_t)n_out++ * E, c->x + (size_t)r * E, m->output_norm.data, E, hp->norm_eps);
+  }
+  if (n_out) matmul1(c, &m->output, logits, c->xb, n_out);
+  return 0;
+}

@@ -1,0 +1,91 @@
+// model.h - LLaMA-family models from GGUF: loading, and the forward pass over a KV cache.
+//
+// A model is the GGUF mapping plus pointers into it (weights are never copied). A context holds
+// what one or more sequences need to run: a KV cache per sequence slot, scratch buffers for a
+// batch of rows, and a thread pool. One evaluation call takes a batch of tokens that may belong
+// to different sequences (prefill chunks and single decode tokens mixed), runs them through the
+// layers together (matrix-matrix), and returns the logits of the rows asked for.
+#ifndef AC_MODEL_H
+#define AC_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "tokenizer.h"
+
+typedef enum { AC_ROPE_NORM = 0, AC_ROPE_NEOX = 2 } ac_rope_type_t;  // ggml's ids
+
+typedef struct {
+  char arch[32];
+  int32_t n_vocab, n_ctx_train, n_embd, n_layer;
+  int32_t *n_head, *n_head_kv, *n_ff;  // (n_layer): pruned models vary these per layer
+  int32_t head_dim;                    // key/value length per head
+  int32_t n_rot;                       // dims rotated by RoPE (<= head_dim)
+  float rope_theta, rope_freq_scale;   // base frequency; 1/linear scaling factor
+  float norm_eps;
+  ac_rope_type_t rope_type;
+  bool tied_output;                    // output projection shares the token embedding
+} ac_hparams_t;
+
+// A weight matrix view into the mapping: ne[1] rows of ne[0] elements of `type`.
+typedef struct {
+  const char *name;
+  uint32_t type;
+  int64_t ne[2];
+  const void *data;
+  size_t row_bytes;
+} ac_weight_t;
+
+typedef struct {
+  ac_weight_t attn_norm, wq, wk, wv, wo;      // wq (n_embd -> n_head*hd), wo (n_head*hd -> n_embd)
+  ac_weight_t ffn_norm, ffn_gate, ffn_up, ffn_down;  // gate/up (n_embd -> n_ff), down (n_ff -> n_embd)
+} ac_layer_t;
+
+typedef struct ac_model {
+  ac_gguf_t *gguf;  // owns the mapping
+  ac_hparams_t hp;
+  ac_weight_t tok_embd, output_norm, output;
+  const float *rope_freqs;  // (n_rot/2) per-dimension divisors, or NULL
+  ac_layer_t *layers;       // (n_layer)
+  ac_tokenizer_t *tok;
+  size_t weight_bytes;      // bytes of all tensors
+  int64_t n_params;
+} ac_model_t;
+
+// Loads `path`. Every required key and tensor is checked (presence, shape, supported type); a
+// problem is an error whose ac_errmsg() names the key or tensor.
+int ac_model_load(const char *path, ac_model_t **out);
+void ac_model_destroy(ac_model_t **self_p);
+
+// --- contexts ------------------------------------------------------------------------------
+
+typedef struct ac_ctx ac_ctx_t;
+
+typedef struct {
+  int32_t n_ctx;     // positions per sequence; 0 = the model's training context (capped at 4096)
+  int32_t n_seq;     // sequence slots (KV caches); default 1
+  int32_t n_batch;   // most rows per ac_ctx_eval call; default 512
+  int32_t n_threads; // default 1
+} ac_ctx_params_t;
+
+int ac_ctx_new(const ac_model_t *model, ac_ctx_params_t params, ac_ctx_t **out);
+void ac_ctx_destroy(ac_ctx_t **self_p);
+
+int32_t ac_ctx_n_ctx(const ac_ctx_t *ctx);
+int32_t ac_ctx_n_batch(const ac_ctx_t *ctx);
+// Tokens held in sequence `seq`'s cache (its next position).
+int32_t ac_ctx_seq_len(const ac_ctx_t *ctx, int32_t seq);
+// Forgets positions >= len of sequence `seq` (0 clears it).
+int ac_ctx_seq_truncate(ac_ctx_t *ctx, int32_t seq, int32_t len);
+
+// Evaluates n rows: row i is token tokens[i] of sequence seqs[i] (NULL: all sequence 0), placed
+// at that sequence's next position; rows of one sequence must be in order. Logits (n_vocab
+// floats per row) are written to `logits` for the rows whose want_logits[i] is non-zero, packed
+// in row order (want_logits NULL: only the last row). Errors: AC_ERANGE when a sequence would
+// pass n_ctx or n > n_batch, AC_EINVAL for a bad token id or slot. On error no cache changes.
+int ac_ctx_eval(ac_ctx_t *ctx, int32_t n, const int32_t *tokens, const int32_t *seqs,
+                const int8_t *want_logits, float *logits);
+
+#endif
