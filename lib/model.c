@@ -436,11 +436,16 @@ static void matmul_group(ac_ctx_t *c, int n_w, const ac_weight_t *const *w, floa
 
 // --- element-wise pieces --------------------------------------------------------------------
 
+// The mean square is summed in double and rounded to float before the square root, and the row is
+// scaled before it is multiplied by the weight: ggml's order of operations. The quantized matmuls
+// that follow amplify tiny differences (a value that lands on the other side of a rounding step),
+// so matching the reference engine's arithmetic here keeps logits comparable.
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
-  double ss = 0;  // double: the sum of squares of a wide row loses bits in float
-  for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-  float scale = (float)(1.0 / sqrt(ss / n + eps));
-  for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+  double ss = 0;
+  for (int i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+  const float mean = (float)(ss / n);
+  const float scale = 1.0f / sqrtf(mean + eps);
+  for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
 // Rotates one head in place with the row's precomputed (cos, sin) pairs.
@@ -454,18 +459,23 @@ static void rope_head(float *h, const float *cs, int n_rot, ac_rope_type_t type)
   }
 }
 
+// The angle of pair i is pos * base^(-2i/n_rot), built by repeated multiplication with
+// base^(-2/n_rot) in float, as ggml does (a direct powf per pair differs by a few ulps, which the
+// angles of late positions magnify).
 static void rope_tables(ac_ctx_t *c, int n) {
   const ac_hparams_t *hp = &c->m->hp;
   int half = hp->n_rot / 2;
+  const float theta_scale = powf(hp->rope_theta, -2.0f / hp->n_rot);
   for (int r = 0; r < n; r++) {
     float *cs = c->rope_cs + (size_t)r * hp->n_rot;
-    float p = c->pos[r] * hp->rope_freq_scale;
+    float theta = (float)c->pos[r];
     for (int i = 0; i < half; i++) {
-      float freq = powf(hp->rope_theta, -2.0f * i / hp->n_rot);
-      if (c->m->rope_freqs) freq /= c->m->rope_freqs[i];
-      float theta = p * freq;
-      cs[2 * i] = cosf(theta);
-      cs[2 * i + 1] = sinf(theta);
+      float t = theta;
+      if (c->m->rope_freqs) t /= c->m->rope_freqs[i];
+      t *= hp->rope_freq_scale;
+      cs[2 * i] = cosf(t);
+      cs[2 * i + 1] = sinf(t);
+      theta *= theta_scale;
     }
   }
 }
@@ -512,7 +522,8 @@ static void attn_worker(void *arg, int ith, int nth) {
     float *o = c->att + (size_t)r * H * hd + (size_t)h * hd;
     memset(o, 0, hd * sizeof *o);
     for (int t = 0; t < len; t++) {
-      float p = sc[t] * inv;
+      // Probabilities meet the F16 values rounded to F16 themselves, as in ggml's F16 product.
+      float p = ac_f16_to_f32(ac_f32_to_f16(sc[t] * inv));
       f16->to_float(V + (size_t)t * hd, vrow, hd);
       for (int i = 0; i < hd; i++) o[i] += p * vrow[i];
     }

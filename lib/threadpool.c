@@ -2,6 +2,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -14,8 +15,17 @@
 #endif
 
 // How long a worker spins for the next job before it sleeps: long enough to bridge the gap
-// between the matmuls of one token, short enough not to burn a core when idle.
+// between the matmuls of one token, short enough not to burn a core when idle. Past
+// PAUSE_ITERS the spinning thread yields its core each round, so a machine with more runnable
+// threads than cores (a shared CI box) still makes progress instead of spinning against the
+// very thread it waits for.
 #define SPIN_ITERS 200000
+#define PAUSE_ITERS 2000
+
+static inline void backoff(int iter) {
+  if (iter < PAUSE_ITERS) cpu_relax();
+  else sched_yield();
+}
 
 typedef struct {
   ac_pool_t *pool;
@@ -46,7 +56,7 @@ static void *worker_main(void *p) {
     while ((g = atomic_load_explicit(&pool->gen, memory_order_acquire)) == seen) {
       if (atomic_load(&pool->quit)) return NULL;
       if (++spins < SPIN_ITERS) {
-        cpu_relax();
+        backoff(spins);
         continue;
       }
       pthread_mutex_lock(&pool->mu);
@@ -118,5 +128,5 @@ void ac_pool_run(ac_pool_t *pool, ac_pool_fn fn, void *arg) {
     pthread_mutex_unlock(&pool->mu);
   }
   fn(arg, 0, pool->n);
-  while (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0) cpu_relax();
+  for (int i = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; i++) backoff(i);
 }

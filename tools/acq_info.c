@@ -17,6 +17,7 @@ static void print_value(const ac_gguf_kv_t *kv) {
       for (uint64_t i = 0; i < n; i++) {
         char ch = kv->v.str.ptr[i];
         if (ch == '\n') fputs("\\n", stdout);
+        else if ((unsigned char)ch < 0x20 || ch == 0x7f) printf("\\x%02x", (unsigned char)ch);
         else putchar(ch);
       }
       printf("\"%s", n < kv->v.str.len ? "..." : "");

@@ -14,7 +14,7 @@ STORIES = SHARED / "models" / "stories260K"
 
 def acq(*args, check=True, **kw):
     """Runs build/bin/acq and returns the CompletedProcess (text mode)."""
-    r = subprocess.run([str(BIN / "acq"), *map(str, args)], capture_output=True, text=True, **kw)
+    r = subprocess.run([str(BIN / "acq"), *map(str, args)], capture_output=True, text=True, errors="replace", **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"acq {' '.join(map(str, args))} failed ({r.returncode}): {r.stderr}")
     return r
