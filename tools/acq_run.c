@@ -90,6 +90,7 @@ static int run_usage(void) {
           "  --top-k K  --top-p P  --min-p P  --seed S\n"
           "  --stop TEXT      stop before TEXT (repeatable)\n"
           "  --ignore-eos     keep generating past end-of-generation tokens (benchmarks)\n"
+          "  --print-ids      also print the generated token ids on stderr\n"
           "An empty prompt starts from BOS. Only the generated text goes to stdout; speed goes to stderr.\n");
   return 2;
 }
@@ -101,10 +102,10 @@ int acq_run_main(int argc, char **argv) {
       {"temp", required_argument, 0, 'T'},   {"top-k", required_argument, 0, 'K'},
       {"top-p", required_argument, 0, 'P'},  {"min-p", required_argument, 0, 'M'},
       {"seed", required_argument, 0, 's'},   {"stop", required_argument, 0, 'x'},
-      {"ignore-eos", no_argument, 0, 'E'},
+      {"ignore-eos", no_argument, 0, 'E'},   {"print-ids", no_argument, 0, 'I'},
       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   const char *prompt = NULL, *prompt_file = NULL, *system = NULL;
-  bool chat = false, ignore_eos = false;
+  bool chat = false, ignore_eos = false, print_ids = false;
   int n_predict = 256, n_threads = 1, n_ctx = 0;
   ac_sampler_params_t sp = ac_sampler_default_params();
   const char *stops[16];
@@ -127,6 +128,7 @@ int acq_run_main(int argc, char **argv) {
       case 'M': sp.min_p = strtof(optarg, &end); if (*end) return run_usage(); break;
       case 's': sp.seed = strtoull(optarg, &end, 10); if (*end) return run_usage(); break;
       case 'E': ignore_eos = true; break;
+      case 'I': print_ids = true; break;
       case 'x': if (n_stops == 16) return run_usage(); stops[n_stops++] = optarg; break;
       default: return run_usage();
     }
@@ -139,7 +141,7 @@ int acq_run_main(int argc, char **argv) {
   ac_sampler_t *smp = NULL;
   ac_stopper_t *stop = NULL;
   char *file_text = NULL, *chat_text = NULL;
-  int32_t *ids = NULL;
+  int32_t *ids = NULL, *gen = NULL;
   float *logits = NULL;
   int status = 1, rc;
   if ((rc = ac_model_load(model_path, &m))) {
@@ -222,6 +224,7 @@ int acq_run_main(int argc, char **argv) {
   if (n_prompt == 1 && ids[0] == ac_tokenizer_bos(tok) && ac_tokenizer_kind(tok) == AC_TOK_SPM)
     ac_stopper_strip_leading_space(stop);
   if (!(logits = malloc((size_t)m->hp.n_vocab * sizeof *logits))) goto done;
+  if (!(gen = malloc(((size_t)(n_predict > 0 ? n_predict : 1) + ac_ctx_n_ctx(ctx)) * sizeof *gen))) goto done;
 
   double t0 = now_s();
   if ((rc = prefill(ctx, ids, n_prompt, logits))) {
@@ -235,7 +238,7 @@ int acq_run_main(int argc, char **argv) {
   size_t tlen;
   while (fin == AC_FINISH_NONE) {
     int32_t t = ac_sampler_sample(smp, logits);
-    n_gen++;
+    gen[n_gen++] = t;
     fin = ac_stopper_push(stop, t, &text, &tlen);
     fwrite(text, 1, tlen, stdout);
     fflush(stdout);
@@ -258,9 +261,15 @@ int acq_run_main(int argc, char **argv) {
   fprintf(stderr, "acq: prefill %d tokens in %.1f ms (%.1f tok/s); decode %d tokens in %.1f ms (%.1f tok/s); finish: %s\n",
           n_prompt, (t1 - t0) * 1e3, n_prompt / (t1 - t0), n_gen, (t2 - t1) * 1e3,
           n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0.0, ac_finish_name(fin));
+  if (print_ids) {
+    fprintf(stderr, "acq: ids:");
+    for (int i = 0; i < n_gen; i++) fprintf(stderr, " %d", gen[i]);
+    fputc('\n', stderr);
+  }
   status = 0;
 done:
   free(logits);
+  free(gen);
   free(ids);
   free(file_text);
   free(chat_text);

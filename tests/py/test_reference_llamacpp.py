@@ -53,17 +53,24 @@ class Peer:
 
     @staticmethod
     def greedy(llm, ids, n):
+        """Greedy tokens (stopping at end-of-generation) and llama.cpp's top-2 margin at each."""
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         llm.reset()
         llm.eval(ids)
-        out = []
+        out, margins = [], []
         for _ in range(n):
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            row = np.asarray(llm.scores[llm.n_tokens - 1])
+            tok = int(np.argmax(row))
+            top2 = np.partition(row, -2)[-2:]
+            margins.append(float(top2[1] - top2[0]))
             if llama_cpp.llama_vocab_is_eog(vocab, tok):
                 break
             out.append(tok)
             llm.eval([tok])
-        return llm.detokenize(out).decode("utf-8", errors="replace")
+        return out, margins
+
+    def text(self, toks):
+        return self.off.detokenize(toks).decode("utf-8", errors="replace")
 
 
 @pytest.fixture(scope="module", params=["q4_1", "f16"])
@@ -111,23 +118,32 @@ def test_top1_identical_at_every_position(setup):
 
 def test_greedy_64_tokens_identical(setup):
     """Greedy text equal to llama.cpp's (flash attention off, or on: both are llama.cpp) for
-    every prompt on F16 and >= 3 prompts, one a chat, on Q4_1 (where llama.cpp's two paths
-    themselves disagree on most of these prompts: see the module docstring)."""
-    kind, path, peer, _ = setup
+    every prompt on F16 and >= 3 prompts, one a chat, on Q4_1, where llama.cpp's two paths
+    themselves disagree on several of these prompts (see the module docstring). On every prompt
+    the token streams must agree up to a near-tie: where ours first differs, llama.cpp's own top
+    two were closer than its self-disagreement."""
+    kind, path, peer, rows = setup
+    floor = max(np.abs(r["on"] - r["off"]).max() for r in rows.values())
     same, llama_self = [], []
     for name, text in PROMPTS.items():
         ids = peer.ids(text)
-        want_off, want_on = Peer.greedy(peer.off, ids, 64), Peer.greedy(peer.on, ids, 64)
+        want_off, margins = Peer.greedy(peer.off, ids, 64)
+        want_on, _ = Peer.greedy(peer.on, ids, 64)
         if name == "chat":  # --chat builds the same ChatML prompt, default system message included
-            got = acq("run", path, "--chat", "-p", CHAT_Q, "-n", "64", "-t", "2").stdout
+            r = acq("run", path, "--chat", "-p", CHAT_Q, "-n", "64", "-t", "2", "--print-ids")
         else:
-            got = acq("run", path, "-p", text, "-n", "64", "-t", "2").stdout
-        if got in (want_off, want_on):
+            r = acq("run", path, "-p", text, "-n", "64", "-t", "2", "--print-ids")
+        got_ids = [int(x) for x in r.stderr.split("acq: ids:")[1].split()]
+        if r.stdout in (peer.text(want_off), peer.text(want_on)) and want_off:
             same.append(name)
         if want_off == want_on:
             llama_self.append(name)
+        k = 0
+        while k < min(len(got_ids), len(want_off)) and got_ids[k] == want_off[k]:
+            k += 1
+        if k < len(want_off) and r.stdout not in (peer.text(want_off), peer.text(want_on)):
+            assert margins[k] < floor, f"{name}: diverged at token {k} where llama.cpp's margin was {margins[k]:.3f}"
     print(f"{kind}: greedy identical for {same}; llama.cpp self-consistent for {llama_self}")
-    assert all(len(Peer.greedy(peer.off, peer.ids(PROMPTS[n]), 8)) > 0 for n in same)  # no vacuous match
     if kind == "f16":
         assert set(same) >= set(llama_self) and len(same) >= 4
     else:
