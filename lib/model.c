@@ -248,8 +248,9 @@ struct ac_ctx {
   const ac_model_t *m;
   ac_ctx_params_t p;
   ac_pool_t *pool;
-  // KV cache, per layer: k[l] and v[l] are (n_seq, n_head_kv[l], n_ctx, head_dim) f16, so one
-  // head's keys for one sequence are contiguous.
+  // KV cache, per layer, f16: k[l] is (n_seq, n_head_kv[l], n_ctx, head_dim), so one head's keys
+  // are contiguous rows; v[l] is (n_seq, n_head_kv[l], head_dim, n_ctx), transposed, so each
+  // output dimension of attention is one dot product over positions.
   uint16_t **k, **v;
   int32_t *seq_len;  // (n_seq)
   // Scratch for one batch of up to n_batch rows, one allocation (see ctx_new for the shapes).
@@ -257,6 +258,7 @@ struct ac_ctx {
   float *x, *xb, *q, *kk, *vv, *att, *hg, *hu;
   void *actq;        // activation rows converted to a weight's vec_dot_type
   float *scores;     // (n_threads, n_ctx) attention scores
+  uint16_t *probs;   // (n_threads, n_ctx) attention probabilities rounded to f16
   float *rope_cs;    // (n_batch, n_rot) cos, sin pairs
   int32_t *pos;      // (n_batch) position of each row
   int32_t max_q, max_kv, max_ff;
@@ -300,7 +302,8 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   // The widest activation row in the largest vec_dot_type (f32 = 4 bytes per element).
   c->actq = malloc(B * widest * sizeof(float) + 64);
   c->pos = malloc(B * sizeof *c->pos);
-  if (!c->buf || !c->actq || !c->pos) goto oom;
+  c->probs = malloc((size_t)p.n_threads * p.n_ctx * sizeof *c->probs);
+  if (!c->buf || !c->actq || !c->pos || !c->probs) goto oom;
   float *f = c->buf;
   c->x = f, f += B * E;          // (B, n_embd) residual stream
   c->xb = f, f += B * E;         // (B, n_embd) normed input
@@ -332,6 +335,7 @@ void ac_ctx_destroy(ac_ctx_t **self_p) {
   free(c->buf);
   free(c->actq);
   free(c->pos);
+  free(c->probs);
   ac_pool_destroy(&c->pool);
   free(c);
   *self_p = NULL;
@@ -489,7 +493,8 @@ typedef struct {
 } attn_job_t;
 
 // One (row, head) pair per unit of work: softmax(q k^T / sqrt(hd)) v over the row's sequence up
-// to and including its own position.
+// to and including its own position. q and the probabilities are rounded to f16 to meet the f16
+// cache in the f16 dot kernel, as ggml's (non-flash) attention does.
 static void attn_worker(void *arg, int ith, int nth) {
   const attn_job_t *j = arg;
   ac_ctx_t *c = j->c;
@@ -498,16 +503,15 @@ static void attn_worker(void *arg, int ith, int nth) {
   int group = H / Hkv;
   float scale = 1.0f / sqrtf((float)hd);
   float *sc = c->scores + (size_t)ith * T;
+  uint16_t *p16 = c->probs + (size_t)ith * T;
   const ac_type_traits_t *f16 = ac_type_traits(AC_TYPE_F16);
   uint16_t qh[1024];
-  float vrow[1024];
   for (int u = ith; u < j->n_rows * H; u += nth) {
     int r = u / H, h = u % H, kvh = h / group;
     int seq = j->seqs ? j->seqs[r] : 0, len = c->pos[r] + 1;
     const float *q = c->q + (size_t)r * H * hd + (size_t)h * hd;
     size_t base = ((size_t)seq * Hkv + kvh) * T * hd;
-    const uint16_t *K = c->k[l] + base, *V = c->v[l] + base;
-    // q is rounded to f16 to use the f16 dot kernel, as llama.cpp does for an f16 cache.
+    const uint16_t *K = c->k[l] + base, *Vt = c->v[l] + base;
     f16->from_float(q, qh, hd);
     float mx = -INFINITY;
     for (int t = 0; t < len; t++) {
@@ -516,17 +520,13 @@ static void attn_worker(void *arg, int ith, int nth) {
       sc[t] = s * scale;
       if (sc[t] > mx) mx = sc[t];
     }
-    float sum = 0;
+    double sum = 0;
     for (int t = 0; t < len; t++) sum += sc[t] = expf(sc[t] - mx);
-    float inv = 1.0f / sum;
+    const float inv = (float)(1.0 / sum);
+    for (int t = 0; t < len; t++) sc[t] *= inv;
+    f16->from_float(sc, p16, len);
     float *o = c->att + (size_t)r * H * hd + (size_t)h * hd;
-    memset(o, 0, hd * sizeof *o);
-    for (int t = 0; t < len; t++) {
-      // Probabilities meet the F16 values rounded to F16 themselves, as in ggml's F16 product.
-      float p = ac_f16_to_f32(ac_f32_to_f16(sc[t] * inv));
-      f16->to_float(V + (size_t)t * hd, vrow, hd);
-      for (int i = 0; i < hd; i++) o[i] += p * vrow[i];
-    }
+    for (int i = 0; i < hd; i++) f16->vec_dot(len, &o[i], Vt + (size_t)i * T, p16);
   }
 }
 
@@ -577,9 +577,11 @@ int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *se
       for (int h = 0; h < Hkv; h++) rope_head(c->kk + (size_t)r * KV + h * hd, cs, hp->n_rot, hp->rope_type);
       int s = seqs ? seqs[r] : 0;
       for (int h = 0; h < Hkv; h++) {
-        size_t at = (((size_t)s * Hkv + h) * T + c->pos[r]) * hd;
-        f16->from_float(c->kk + (size_t)r * KV + h * hd, c->k[l] + at, hd);
-        f16->from_float(c->vv + (size_t)r * KV + h * hd, c->v[l] + at, hd);
+        size_t head = ((size_t)s * Hkv + h) * T * hd;
+        f16->from_float(c->kk + (size_t)r * KV + h * hd, c->k[l] + head + (size_t)c->pos[r] * hd, hd);
+        const float *v = c->vv + (size_t)r * KV + h * hd;
+        uint16_t *vt = c->v[l] + head + c->pos[r];
+        for (int i = 0; i < hd; i++) vt[(size_t)i * T] = ac_f32_to_f16(v[i]);
       }
     }
     attn_job_t aj = {c, l, n, seqs};
