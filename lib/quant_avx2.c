@@ -7,6 +7,9 @@
 // Q8_0 x Q8_0 has signed bytes on both sides; it takes |x| and moves x's sign onto y, which is
 // exact because activations never hold -128 (AC__Q8_ACT_MIN). Integer sums are converted to
 // float once per block and scaled with an FMA into float accumulators, reduced at the end.
+//
+// The kernels whose shape AVX-512 shares (32-value blocks, the Q8_0 / Q8_1 quantizers, Q4_K and
+// Q5_K) are in quant_x86.h; this file gives them their AVX2 primitives and holds the rest.
 
 // Explicit FMAs only: an implicit contraction of a*b+c would change rounding and make the
 // dequantizers differ from quant.c's reference (and from ggml). Must precede the headers.
@@ -19,25 +22,9 @@
 #include <immintrin.h>
 
 #include "quant_impl.h"
+#include "quant_x86.h"
 
 // --- helpers -----------------------------------------------------------------------------------
-
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-static inline uint16_t f2h(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-
-static inline float hsum_ps(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-static inline int hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
 
 static inline float hmax_ps(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -47,16 +34,6 @@ static inline float hmax_ps(__m256 v) {
 }
 
 static inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
-
-static inline __m256i loadu256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-// 16 bytes of packed nibbles -> 32 bytes in natural element order: the low nibbles (values 0..15)
-// then the high nibbles (values 16..31).
-static inline __m256i nibbles32(const uint8_t *p) {
-  const __m128i b = _mm_loadu_si128((const __m128i *)p);
-  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-}
 
 // Byte j = 0xFF where bit j of `bits` is set, else 0.
 static inline __m256i bits_to_bytes(uint32_t bits) {
@@ -83,6 +60,68 @@ static inline __m256i pack_i32_to_i8(__m256i a, __m256i b, __m256i c, __m256i d)
   __m256i r = _mm256_packs_epi16(ab, cd);
   // The packs work per 128-bit lane; put the dwords back in order.
   return _mm256_permutevar8x32_epi32(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// --- primitives of the shared kernels (declared in quant_x86.h) --------------------------------
+// vpmaddubsw sums pairs of u8 x s8 products into int16 (saturating, which the levels here never
+// reach), and vpmaddwd by ones sums pairs of those into int32. Where two such dot products are
+// added or subtracted, that is done on the int16 pairs, which saves a vpmaddwd.
+
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// The int16 stage holds for u <= 63.
+static inline __m256i dot_pairs(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi) {
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
+                                       __m256i off) {
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+  const __m256i o =
+      _mm256_add_epi16(_mm256_maddubs_epi16(off, ylo), _mm256_maddubs_epi16(off, yhi));
+  return _mm256_madd_epi16(_mm256_sub_epi16(p, o), _mm256_set1_epi16(1));
+}
+
+static inline int dot_block(__m256i u, const int8_t *y, int off) {
+  const __m256i v = loadu256(y);
+  __m256i p = _mm256_maddubs_epi16(u, v);
+  if (off) p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), v));
+  return hsum_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+static inline __m256i with_bit4(__m256i u, uint32_t bits) {
+  return _mm256_or_si256(u, _mm256_and_si256(bits_to_bytes(bits), _mm256_set1_epi8(16)));
+}
+
+static inline __m256i with_bit4_where(__m256i u, __m256i hb, __m256i bit) {
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
+  return _mm256_or_si256(u, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+}
+
+static inline __m256i kdot32(__m256i acc, __m256i u, const int8_t *y, int16_t sc) {
+  const __m256i p = _mm256_maddubs_epi16(u, loadu256(y));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(sc)));
+}
+
+// Eight lanes at a time; the amax is reduced with hmax_ps.
+static inline int quantize_block_q8(const float *x, int8_t *qs, float *d_out) {
+  const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+  const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+  const __m256 m =
+      _mm256_max_ps(_mm256_max_ps(abs_ps(v0), abs_ps(v1)), _mm256_max_ps(abs_ps(v2), abs_ps(v3)));
+  const float amax = hmax_ps(m), d = amax / 127;
+  const float id = amax != 0 ? 127.0f / amax : 0.0f;
+  const __m256 vid = _mm256_set1_ps(id);
+  const __m256i q0 = round_even_epi32(_mm256_mul_ps(v0, vid));
+  const __m256i q1 = round_even_epi32(_mm256_mul_ps(v1, vid));
+  const __m256i q2 = round_even_epi32(_mm256_mul_ps(v2, vid));
+  const __m256i q3 = round_even_epi32(_mm256_mul_ps(v3, vid));
+  _mm256_storeu_si256((__m256i *)qs, pack_i32_to_i8(q0, q1, q2, q3));
+  *d_out = d;
+  return hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
 }
 
 // --- float types -------------------------------------------------------------------------------
@@ -163,227 +202,6 @@ static void bf16_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = sum;
 }
 
-// --- 32-value blocks: dot products ---------------------------------------------------------------
-// Two blocks per step. Their nibbles are arranged as lo = [low nibbles of block a | of block b]
-// and hi = [high nibbles of a | of b], the activations to match (ylo = [ya 0..15 | yb 0..15],
-// yhi = [ya 16..31 | yb 16..31]), so that after the integer products int32 lanes 0-3 hold block
-// a and lanes 4-7 block b: one conversion and one FMA serve both blocks. The four scale halves
-// of the two blocks and their activation blocks are converted with one vcvtph2ps. An odd last
-// block is done on its own.
-
-static inline __m128i loadu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
-
-// {d_xa * d_ya, 0, d_xb * d_yb, 0}.
-static inline __m128 pair_scales_d(uint16_t xa, uint16_t xb, uint16_t ya, uint16_t yb) {
-  const __m256 f = _mm256_cvtph_ps(_mm_setr_epi32(xa, xb, ya, yb));
-  return _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-}
-
-// The first two halves of each block, multiplied pairwise: for Q4_1 x Q8_1 that is
-// {d_xa * d_ya, m_xa * s_ya, d_xb * d_yb, m_xb * s_yb}.
-static inline __m128 pair_scales_dm(const void *xa, const void *xb, const void *ya,
-                                    const void *yb) {
-  uint32_t u0, u1, u2, u3;
-  memcpy(&u0, xa, 4);
-  memcpy(&u1, xb, 4);
-  memcpy(&u2, ya, 4);
-  memcpy(&u3, yb, 4);
-  const __m256 f = _mm256_cvtph_ps(_mm_setr_epi32((int)u0, (int)u1, (int)u2, (int)u3));
-  return _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-}
-
-// Lanes 0-3 <- p[0] (block a), lanes 4-7 <- p[2] (block b).
-static inline __m256 pair_spread(__m128 p) {
-  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p),
-                                  _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
-}
-
-// Lanes 1 and 3 of the summed pair_scales_dm products: the minimum terms.
-static inline float odd_lanes_sum(__m128 v) {
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  return _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1));
-}
-
-static inline void nibbles_pair(const uint8_t *a, const uint8_t *b, __m256i *lo, __m256i *hi) {
-  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(a)), loadu128(b), 1);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  *lo = _mm256_and_si256(v, m4);
-  *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-}
-
-static inline void q8_pair(const int8_t *a, const int8_t *b, __m256i *lo, __m256i *hi) {
-  *lo = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(a)), loadu128(b), 1);
-  *hi = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(a + 16)), loadu128(b + 16), 1);
-}
-
-// The 5th bits of two Q5 blocks in the lo / hi arrangement: bits 0-15 of each qh belong to the
-// low nibbles, bits 16-31 to the high ones.
-static inline void high_bits_pair(const uint8_t *qa, const uint8_t *qb, uint32_t *lo,
-                                  uint32_t *hi) {
-  const uint32_t a = ac__load_u32(qa), b = ac__load_u32(qb);
-  *lo = (a & 0xFFFF) | (b << 16);
-  *hi = (a >> 16) | (b & 0xFFFF0000u);
-}
-
-// sum over u8 x s8 products into int32 lanes of 4 bytes each (vpmaddubsw pairs, then pairs of
-// pairs). The int16 stage holds for u <= 63.
-static inline __m256i dot_pairs(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi) {
-  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
-  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-// The same minus off * (sum of y), for levels stored with an offset (Q4_0: 8, Q5_0: 16).
-static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
-                                       __m256i off) {
-  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
-  const __m256i o =
-      _mm256_add_epi16(_mm256_maddubs_epi16(off, ylo), _mm256_maddubs_epi16(off, yhi));
-  return _mm256_madd_epi16(_mm256_sub_epi16(p, o), _mm256_set1_epi16(1));
-}
-
-// One block: 32 levels (u8, offset already removed by the caller's choice of `off`) times y.
-static inline int dot_block(__m256i u, const int8_t *y, int off) {
-  const __m256i v = loadu256(y);
-  __m256i p = _mm256_maddubs_epi16(u, v);
-  if (off) p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), v));
-  return hsum_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-
-static void q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q4_0 *x = vx;
-  const ac_block_q8_0 *y = vy;
-  const int64_t nb = n / AC_QK8_0;
-  const __m256i eight = _mm256_set1_epi8(8);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m256i d = dot_pairs_offset(lo, ylo, hi, yhi, eight);
-    const __m128 p = pair_scales_d(x[i].d, x[i + 1].d, y[i].d, y[i + 1].d);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), pair_spread(p), acc);
-  }
-  float sum = hsum_ps(acc);
-  if (i < nb) sum += (float)dot_block(nibbles32(x[i].qs), y[i].qs, 8) * (h2f(x[i].d) * h2f(y[i].d));
-  *s = sum;
-}
-
-// The hot kernel of Q4_1 models.
-static void q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q4_1 *x = vx;
-  const ac_block_q8_1 *y = vy;
-  const int64_t nb = n / AC_QK8_1;
-  __m256 acc = _mm256_setzero_ps();
-  __m128 accm = _mm_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m128 p = pair_scales_dm(&x[i], &x[i + 1], &y[i], &y[i + 1]);
-    accm = _mm_add_ps(accm, p);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_pairs(lo, ylo, hi, yhi)), pair_spread(p), acc);
-  }
-  float sum = hsum_ps(acc) + odd_lanes_sum(accm);
-  if (i < nb)
-    sum += (float)dot_block(nibbles32(x[i].qs), y[i].qs, 0) * (h2f(x[i].d) * h2f(y[i].d)) +
-           h2f(x[i].m) * h2f(y[i].s);
-  *s = sum;
-}
-
-static void q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q5_0 *x = vx;
-  const ac_block_q8_0 *y = vy;
-  const int64_t nb = n / AC_QK8_0;
-  const __m256i sixteen = _mm256_set1_epi8(16);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    uint32_t blo, bhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    high_bits_pair(x[i].qh, x[i + 1].qh, &blo, &bhi);
-    lo = _mm256_or_si256(lo, _mm256_and_si256(bits_to_bytes(blo), sixteen));
-    hi = _mm256_or_si256(hi, _mm256_and_si256(bits_to_bytes(bhi), sixteen));
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m256i d = dot_pairs_offset(lo, ylo, hi, yhi, sixteen);
-    const __m128 p = pair_scales_d(x[i].d, x[i + 1].d, y[i].d, y[i + 1].d);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), pair_spread(p), acc);
-  }
-  float sum = hsum_ps(acc);
-  if (i < nb) {
-    const __m256i hb = _mm256_and_si256(bits_to_bytes(ac__load_u32(x[i].qh)), sixteen);
-    const __m256i u = _mm256_or_si256(nibbles32(x[i].qs), hb);
-    sum += (float)dot_block(u, y[i].qs, 16) * (h2f(x[i].d) * h2f(y[i].d));
-  }
-  *s = sum;
-}
-
-static void q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q5_1 *x = vx;
-  const ac_block_q8_1 *y = vy;
-  const int64_t nb = n / AC_QK8_1;
-  const __m256i sixteen = _mm256_set1_epi8(16);
-  __m256 acc = _mm256_setzero_ps();
-  __m128 accm = _mm_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    uint32_t blo, bhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    high_bits_pair(x[i].qh, x[i + 1].qh, &blo, &bhi);
-    lo = _mm256_or_si256(lo, _mm256_and_si256(bits_to_bytes(blo), sixteen));
-    hi = _mm256_or_si256(hi, _mm256_and_si256(bits_to_bytes(bhi), sixteen));
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m128 p = pair_scales_dm(&x[i], &x[i + 1], &y[i], &y[i + 1]);
-    accm = _mm_add_ps(accm, p);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_pairs(lo, ylo, hi, yhi)), pair_spread(p), acc);
-  }
-  float sum = hsum_ps(acc) + odd_lanes_sum(accm);
-  if (i < nb) {
-    const __m256i hb = _mm256_and_si256(bits_to_bytes(ac__load_u32(x[i].qh)), sixteen);
-    const __m256i u = _mm256_or_si256(nibbles32(x[i].qs), hb);
-    sum +=
-        (float)dot_block(u, y[i].qs, 0) * (h2f(x[i].d) * h2f(y[i].d)) + h2f(x[i].m) * h2f(y[i].s);
-  }
-  *s = sum;
-}
-
-// Q8_0 x Q8_0: |x| times y with x's sign, exact since activations never hold -128
-// (AC__Q8_ACT_MIN; |-128| = 128 is right as an unsigned byte, so weights may). Two blocks' int32
-// sums are interleaved by vphaddd: lanes {0,1,4,5} are block a, {2,3,6,7} block b.
-static inline __m256i q8_0_block_dot(const int8_t *x, const int8_t *y) {
-  const __m256i qx = loadu256(x);
-  const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(qx), _mm256_sign_epi8(loadu256(y), qx));
-  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-static void q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q8_0 *x = vx;
-  const ac_block_q8_0 *y = vy;
-  const int64_t nb = n / AC_QK8_0;
-  const __m256i spread = _mm256_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m256i d = _mm256_hadd_epi32(q8_0_block_dot(x[i].qs, y[i].qs),
-                                        q8_0_block_dot(x[i + 1].qs, y[i + 1].qs));
-    const __m128 p = pair_scales_d(x[i].d, x[i + 1].d, y[i].d, y[i + 1].d);
-    const __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), spread);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, acc);
-  }
-  float sum = hsum_ps(acc);
-  if (i < nb)
-    sum += (float)hsum_epi32(q8_0_block_dot(x[i].qs, y[i].qs)) * (h2f(x[i].d) * h2f(y[i].d));
-  *s = sum;
-}
-
 // --- 32-value blocks: conversions --------------------------------------------------------------
 
 static void q4_1_to_float(const void *restrict vx, float *restrict y, int64_t n) {
@@ -408,43 +226,6 @@ static void q8_0_to_float(const void *restrict vx, float *restrict y, int64_t n)
       __m128i b = _mm_loadl_epi64((const __m128i *)(x[i].qs + 8 * k));
       _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d));
     }
-  }
-}
-
-// Quantizes one block of 32 floats as q8_0_from_float_ref does; returns sum(q) and sets *d.
-static inline int quantize_block_q8(const float *x, int8_t *qs, float *d_out) {
-  const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
-  const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
-  const __m256 m =
-      _mm256_max_ps(_mm256_max_ps(abs_ps(v0), abs_ps(v1)), _mm256_max_ps(abs_ps(v2), abs_ps(v3)));
-  const float amax = hmax_ps(m), d = amax / 127;
-  const float id = amax != 0 ? 127.0f / amax : 0.0f;
-  const __m256 vid = _mm256_set1_ps(id);
-  const __m256i q0 = round_even_epi32(_mm256_mul_ps(v0, vid));
-  const __m256i q1 = round_even_epi32(_mm256_mul_ps(v1, vid));
-  const __m256i q2 = round_even_epi32(_mm256_mul_ps(v2, vid));
-  const __m256i q3 = round_even_epi32(_mm256_mul_ps(v3, vid));
-  _mm256_storeu_si256((__m256i *)qs, pack_i32_to_i8(q0, q1, q2, q3));
-  *d_out = d;
-  return hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
-}
-
-static void q8_0_from_float(const float *restrict x, void *restrict vy, int64_t n) {
-  ac_block_q8_0 *y = vy;
-  for (int64_t i = 0; i < n / AC_QK8_0; i++, x += AC_QK8_0) {
-    float d;
-    (void)quantize_block_q8(x, y[i].qs, &d);
-    y[i].d = f2h(d);
-  }
-}
-
-static void q8_1_from_float(const float *restrict x, void *restrict vy, int64_t n) {
-  ac_block_q8_1 *y = vy;
-  for (int64_t i = 0; i < n / AC_QK8_1; i++, x += AC_QK8_1) {
-    float d;
-    const int sum = quantize_block_q8(x, y[i].qs, &d);
-    y[i].d = f2h(d);
-    y[i].s = f2h((float)sum * d);
   }
 }
 
@@ -490,7 +271,8 @@ static void q8_k_from_float(const float *restrict x, void *restrict vy, int64_t 
 // Each super-block is unpacked 32 values at a time into unsigned levels in natural order, which
 // vpmaddubsw multiplies with the activations into int16 pairs; vpmaddwd then multiplies those by
 // the sub-block scales (as int16) and adds pairs, giving int32 partial sums of scale * q * y.
-// Offsets and minimums are applied through the activations' per-16 sums (bsums).
+// Offsets and minimums are applied through the activations' per-16 sums (bsums). Q4_K and Q5_K,
+// whose sub-blocks are 32 values, are in quant_x86.h.
 
 // Scale vector for a 32-value chunk covering two 16-value groups with scales a and b.
 static inline __m256i scales_2x16(int16_t a, int16_t b) {
@@ -500,8 +282,6 @@ static inline __m256i scales_2x16(int16_t a, int16_t b) {
 static inline __m256i dot_chunk(__m256i u, const int8_t *y, __m256i sc) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, loadu256(y)), sc);
 }
-
-static inline __m256i load_bsums(const ac_block_q8_K *y) { return loadu256(y->bsums); }
 
 static void q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
                          const void *restrict vy) {
@@ -527,10 +307,7 @@ static void q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
             isum, dot_chunk(u, y[i].qs + 32 * c, scales_2x16(sc[2 * c], sc[2 * c + 1])));
       }
     }
-    const float yd = y[i].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(yd * h2f(x[i].d)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(load_bsums(&y[i]), mins)),
-                           _mm256_set1_ps(yd * h2f(x[i].dmin)), accm);
+    k_accumulate_dmin(&acc, &accm, isum, mins, &y[i], x[i].d, x[i].dmin);
   }
   *s = hsum_ps(acc) - hsum_ps(accm);
 }
@@ -564,80 +341,11 @@ static void q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
       }
     }
     // sum sc * (u - 4) * y = isum - 4 * sum sc * bsums, all exact in int32.
-    const __m256i off = _mm256_madd_epi16(load_bsums(&y[i]), sc16);
+    const __m256i off = _mm256_madd_epi16(loadu256(y[i].bsums), sc16);
     isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(off, 2));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(y[i].d * h2f(x[i].d)), acc);
   }
   *s = hsum_ps(acc);
-}
-
-// Q4_K / Q5_K: the 8 scales as int16, and the 8 mins repeated per 16-value group to line up
-// with bsums.
-static inline void k4_scales(const uint8_t *packed, int16_t sc[8], __m256i *mins16) {
-  uint32_t w[4];
-  ac__k4_scales_mins(packed, w);
-  const __m128i v = _mm_setr_epi32((int)w[0], (int)w[1], (int)w[2], (int)w[3]);
-  _mm_storeu_si128((__m128i *)sc, _mm_cvtepu8_epi16(v));
-  *mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
-}
-
-static void q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q4_K *x = vx;
-  const ac_block_q8_K *y = vy;
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n / AC_QK_K; i++) {
-    int16_t sc[8];
-    __m256i mins;
-    k4_scales(x[i].scales, sc, &mins);
-    __m256i isum = _mm256_setzero_si256();
-    for (int j = 0; j < 4; j++) {
-      const __m256i q = loadu256(x[i].qs + 32 * j);
-      const __m256i lo = _mm256_and_si256(q, m4),
-                    hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      isum = _mm256_add_epi32(isum, dot_chunk(lo, y[i].qs + 64 * j, _mm256_set1_epi16(sc[2 * j])));
-      isum = _mm256_add_epi32(
-          isum, dot_chunk(hi, y[i].qs + 64 * j + 32, _mm256_set1_epi16(sc[2 * j + 1])));
-    }
-    const float yd = y[i].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(yd * h2f(x[i].d)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(load_bsums(&y[i]), mins)),
-                           _mm256_set1_ps(yd * h2f(x[i].dmin)), accm);
-  }
-  *s = hsum_ps(acc) - hsum_ps(accm);
-}
-
-static void q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q5_K *x = vx;
-  const ac_block_q8_K *y = vy;
-  const __m256i m4 = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n / AC_QK_K; i++) {
-    int16_t sc[8];
-    __m256i mins;
-    k4_scales(x[i].scales, sc, &mins);
-    const __m256i hb = loadu256(x[i].qh);
-    __m256i isum = _mm256_setzero_si256();
-    for (int j = 0; j < 4; j++) {
-      const __m256i q = loadu256(x[i].qs + 32 * j);
-      const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * j)));
-      const __m256i b1 = _mm256_set1_epi8((char)(1 << (2 * j + 1)));
-      const __m256i h0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b0), b0), sixteen);
-      const __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b1), b1), sixteen);
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
-      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
-      isum = _mm256_add_epi32(isum, dot_chunk(lo, y[i].qs + 64 * j, _mm256_set1_epi16(sc[2 * j])));
-      isum = _mm256_add_epi32(
-          isum, dot_chunk(hi, y[i].qs + 64 * j + 32, _mm256_set1_epi16(sc[2 * j + 1])));
-    }
-    const float yd = y[i].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(yd * h2f(x[i].d)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(load_bsums(&y[i]), mins)),
-                           _mm256_set1_ps(yd * h2f(x[i].dmin)), accm);
-  }
-  *s = hsum_ps(acc) - hsum_ps(accm);
 }
 
 static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
@@ -672,7 +380,7 @@ static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
             isum, dot_chunk(u[k], y[i].qs + 32 * c, scales_2x16(s16[2 * c], s16[2 * c + 1])));
       }
     }
-    const __m256i off = _mm256_madd_epi16(load_bsums(&y[i]), sc);
+    const __m256i off = _mm256_madd_epi16(loadu256(y[i].bsums), sc);
     isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(off, 5));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(y[i].d * h2f(x[i].d)), acc);
   }
@@ -682,24 +390,16 @@ static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
 // --- install -----------------------------------------------------------------------------------
 
 void ac__quant_avx2_install(ac_type_traits_t *tab) {
+  x86_install_shared(tab);
   tab[AC_TYPE_F32].vec_dot = f32_vec_dot;
   tab[AC_TYPE_F16].vec_dot = f16_vec_dot;
   tab[AC_TYPE_F16].to_float = f16_to_float;
   tab[AC_TYPE_F16].from_float = f16_from_float;
   tab[AC_TYPE_BF16].vec_dot = bf16_vec_dot;
-  tab[AC_TYPE_Q4_0].vec_dot = q4_0_vec_dot;
-  tab[AC_TYPE_Q4_1].vec_dot = q4_1_vec_dot;
   tab[AC_TYPE_Q4_1].to_float = q4_1_to_float;
-  tab[AC_TYPE_Q5_0].vec_dot = q5_0_vec_dot;
-  tab[AC_TYPE_Q5_1].vec_dot = q5_1_vec_dot;
-  tab[AC_TYPE_Q8_0].vec_dot = q8_0_vec_dot;
   tab[AC_TYPE_Q8_0].to_float = q8_0_to_float;
-  tab[AC_TYPE_Q8_0].from_float = q8_0_from_float;
-  tab[AC_TYPE_Q8_1].from_float = q8_1_from_float;
   tab[AC_TYPE_Q8_K].from_float = q8_k_from_float;
   tab[AC_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
   tab[AC_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
-  tab[AC_TYPE_Q4_K].vec_dot = q4_k_vec_dot;
-  tab[AC_TYPE_Q5_K].vec_dot = q5_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
 }

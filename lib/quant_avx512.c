@@ -10,10 +10,14 @@
 //   - F16 keeps the AVX2 kernel: vcvtph2ps on 512 bits converts half as many values per cycle
 //     as on 256 bits, so the 512-bit dot product was 1.5x slower;
 //   - the K-quants use vpmaddubsw + vpdpwssd, on 512 bits (64 levels at a time) for the types
-//     with 16-value sub-blocks and on 256 bits for Q4_K / Q5_K (see there).
+//     with 16-value sub-blocks and on 256 bits for Q4_K / Q5_K (see kdot32).
 // vpdpbusd multiplies unsigned bytes by signed bytes, summing four products into each int32
 // lane without saturation. Weights with an offset (Q4_0: q - 8) stay unsigned and the offset
 // is taken off through the activations' sums, exactly, for every input.
+//
+// The 256-bit kernels (the legacy dot products, the Q8_0 / Q8_1 quantizers, Q4_K and Q5_K) have
+// the same shape as AVX2's and are written once in quant_x86.h; this file gives them their
+// AVX-512 primitives and holds the 512-bit kernels.
 
 // Explicit FMAs only: an implicit contraction of a*b+c would change rounding and make the
 // dequantizers differ from quant.c's reference (and from ggml). Must precede the headers.
@@ -26,15 +30,11 @@
 #include <immintrin.h>
 
 #include "quant_impl.h"
+#include "quant_x86.h"
 
 // --- helpers -----------------------------------------------------------------------------------
 
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-static inline uint16_t f2h(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-
 static inline __m512i loadu512(const void *p) { return _mm512_loadu_si512(p); }
-static inline __m256i loadu256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-static inline __m128i loadu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
 // Two 32-byte halves into one register.
 static inline __m512i join256(__m256i lo, __m256i hi) {
@@ -43,30 +43,6 @@ static inline __m512i join256(__m256i lo, __m256i hi) {
 
 // The same 32 bytes in both halves.
 static inline __m512i dup256(__m256i v) { return _mm512_broadcast_i64x4(v); }
-
-// One block's nibbles -> 32 levels in natural order.
-static inline __m256i nibbles32(const uint8_t *p) {
-  const __m128i b = loadu128(p);
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
-}
-
-static inline __m256i dot_u8s8_256(__m256i u, __m256i s) {
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-}
-
-static inline int hsum256_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
-
-static inline float hsum256_ps(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // clamp_q8 of quant.c: NaN -> 0, then clamp to [-127, 127] (a no-op for finite blocks).
 static inline __m512 clamp_q8(__m512 v) {
@@ -77,6 +53,60 @@ static inline __m512 clamp_q8(__m512 v) {
 // Round half to even on 16 lanes (the default MXCSR mode of cvtps), as the reference's
 // nearbyintf does.
 static inline __m512i round_even_epi32(__m512 v) { return _mm512_cvtps_epi32(clamp_q8(v)); }
+
+// --- primitives of the shared kernels (declared in quant_x86.h) --------------------------------
+// vpdpbusd sums four u8 x s8 products into each int32 lane, without saturation; the offsets of
+// Q4_0 / Q5_0 are taken off with a second one on the activations.
+
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+
+static inline __m256i dot_pairs(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi) {
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, ylo), hi, yhi);
+}
+
+static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
+                                       __m256i off) {
+  return _mm256_sub_epi32(dot_pairs(lo, ylo, hi, yhi), dot_pairs(off, ylo, off, yhi));
+}
+
+static inline int dot_block(__m256i u, const int8_t *y, int off) {
+  const __m256i v = loadu256(y);
+  __m256i d = dot_u8s8(u, v);
+  if (off) d = _mm256_sub_epi32(d, dot_u8s8(_mm256_set1_epi8((char)off), v));
+  return hsum_epi32(d);
+}
+
+static inline __m256i with_bit4(__m256i u, uint32_t bits) {
+  return _mm256_mask_add_epi8(u, (__mmask32)bits, u, _mm256_set1_epi8(16));
+}
+
+static inline __m256i with_bit4_where(__m256i u, __m256i hb, __m256i bit) {
+  return _mm256_mask_add_epi8(u, _mm256_test_epi8_mask(hb, bit), u, _mm256_set1_epi8(16));
+}
+
+// Q4_K / Q5_K go 32 values at a time on 256-bit vectors: their sub-blocks are 32 values, so a
+// chunk needs a single broadcast scale, and vpdpwssd folds in the scale multiply and the add.
+// (The 512-bit form, which needs a permute per chunk for the scales, was 10-15% slower.)
+static inline __m256i kdot32(__m256i acc, __m256i u, const int8_t *y, int16_t sc) {
+  return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, loadu256(y)), _mm256_set1_epi16(sc));
+}
+
+// Sixteen lanes at a time, with the saturating narrowing vpmovsdb.
+static inline int quantize_block_q8(const float *x, int8_t *qs, float *d_out) {
+  const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  const float d = amax / 127;
+  const float id = amax != 0 ? 127.0f / amax : 0.0f;
+  const __m512 vid = _mm512_set1_ps(id);
+  const __m512i q0 = round_even_epi32(_mm512_mul_ps(v0, vid));
+  const __m512i q1 = round_even_epi32(_mm512_mul_ps(v1, vid));
+  _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(q0));
+  _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(q1));
+  *d_out = d;
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+}
 
 // --- float types -------------------------------------------------------------------------------
 
@@ -150,216 +180,6 @@ static void bf16_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-// --- 32-value blocks: dot products ---------------------------------------------------------------
-// Two blocks per step, arranged as in quant_avx2.c: lo = [low nibbles of block a | of block b],
-// hi = [high nibbles of a | of b], the activations to match, so that after two vpdpbusd the
-// int32 lanes 0-3 hold block a and lanes 4-7 block b, and one conversion and one FMA serve both.
-// The four scale halves of a step are converted with one vcvtph2ps.
-
-// {d_xa * d_ya, 0, d_xb * d_yb, 0}.
-static inline __m128 pair_scales_d(uint16_t xa, uint16_t xb, uint16_t ya, uint16_t yb) {
-  const __m256 f = _mm256_cvtph_ps(_mm_setr_epi32(xa, xb, ya, yb));
-  return _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-}
-
-// The first two halves of each block, multiplied pairwise: for Q4_1 x Q8_1 that is
-// {d_xa * d_ya, m_xa * s_ya, d_xb * d_yb, m_xb * s_yb}.
-static inline __m128 pair_scales_dm(const void *xa, const void *xb, const void *ya,
-                                    const void *yb) {
-  uint32_t u0, u1, u2, u3;
-  memcpy(&u0, xa, 4);
-  memcpy(&u1, xb, 4);
-  memcpy(&u2, ya, 4);
-  memcpy(&u3, yb, 4);
-  const __m256 f = _mm256_cvtph_ps(_mm_setr_epi32((int)u0, (int)u1, (int)u2, (int)u3));
-  return _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-}
-
-// Lanes 0-3 <- p[0] (block a), lanes 4-7 <- p[2] (block b).
-static inline __m256 pair_spread(__m128 p) {
-  return _mm256_permutexvar_ps(_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
-                               _mm256_castps128_ps256(p));
-}
-
-// Lanes 1 and 3 of the summed pair_scales_dm products: the minimum terms.
-static inline float odd_lanes_sum(__m128 v) {
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  return _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1));
-}
-
-static inline void nibbles_pair(const uint8_t *a, const uint8_t *b, __m256i *lo, __m256i *hi) {
-  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(a)), loadu128(b), 1);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  *lo = _mm256_and_si256(v, m4);
-  *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-}
-
-static inline void q8_pair(const int8_t *a, const int8_t *b, __m256i *lo, __m256i *hi) {
-  *lo = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(a)), loadu128(b), 1);
-  *hi = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(a + 16)), loadu128(b + 16), 1);
-}
-
-// The 5th bits of two Q5 blocks as byte masks for the lo / hi arrangement: bits 0-15 of each qh
-// belong to the low nibbles, bits 16-31 to the high ones.
-static inline void high_bits_pair(const uint8_t *qa, const uint8_t *qb, __mmask32 *lo,
-                                  __mmask32 *hi) {
-  const uint32_t a = ac__load_u32(qa), b = ac__load_u32(qb);
-  *lo = (__mmask32)((a & 0xFFFF) | (b << 16));
-  *hi = (__mmask32)((a >> 16) | (b & 0xFFFF0000u));
-}
-
-static inline __m256i dot_pairs(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi) {
-  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, ylo), hi, yhi);
-}
-
-// The same minus off * (sum of y), for levels stored with an offset (Q4_0: 8, Q5_0: 16).
-static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
-                                       __m256i off) {
-  return _mm256_sub_epi32(dot_pairs(lo, ylo, hi, yhi), dot_pairs(off, ylo, off, yhi));
-}
-
-// One block: 32 unsigned levels times y, minus off * sum(y).
-static inline int dot_block(__m256i u, const int8_t *y, int off) {
-  const __m256i v = loadu256(y);
-  __m256i d = dot_u8s8_256(u, v);
-  if (off) d = _mm256_sub_epi32(d, dot_u8s8_256(_mm256_set1_epi8((char)off), v));
-  return hsum256_epi32(d);
-}
-
-static void q4_0_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q4_0 *x = vx;
-  const ac_block_q8_0 *y = vy;
-  const int64_t nb = n / AC_QK8_0;
-  const __m256i eight = _mm256_set1_epi8(8);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m256i d = dot_pairs_offset(lo, ylo, hi, yhi, eight);
-    const __m128 p = pair_scales_d(x[i].d, x[i + 1].d, y[i].d, y[i + 1].d);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), pair_spread(p), acc);
-  }
-  float sum = hsum256_ps(acc);
-  if (i < nb) sum += (float)dot_block(nibbles32(x[i].qs), y[i].qs, 8) * (h2f(x[i].d) * h2f(y[i].d));
-  *s = sum;
-}
-
-// The hot kernel of Q4_1 models.
-static void q4_1_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q4_1 *x = vx;
-  const ac_block_q8_1 *y = vy;
-  const int64_t nb = n / AC_QK8_1;
-  __m256 acc = _mm256_setzero_ps();
-  __m128 accm = _mm_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m128 p = pair_scales_dm(&x[i], &x[i + 1], &y[i], &y[i + 1]);
-    accm = _mm_add_ps(accm, p);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_pairs(lo, ylo, hi, yhi)), pair_spread(p), acc);
-  }
-  float sum = hsum256_ps(acc) + odd_lanes_sum(accm);
-  if (i < nb)
-    sum += (float)dot_block(nibbles32(x[i].qs), y[i].qs, 0) * (h2f(x[i].d) * h2f(y[i].d)) +
-           h2f(x[i].m) * h2f(y[i].s);
-  *s = sum;
-}
-
-static void q5_0_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q5_0 *x = vx;
-  const ac_block_q8_0 *y = vy;
-  const int64_t nb = n / AC_QK8_0;
-  const __m256i sixteen = _mm256_set1_epi8(16);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    __mmask32 blo, bhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    high_bits_pair(x[i].qh, x[i + 1].qh, &blo, &bhi);
-    lo = _mm256_mask_add_epi8(lo, blo, lo, sixteen);
-    hi = _mm256_mask_add_epi8(hi, bhi, hi, sixteen);
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m256i d = dot_pairs_offset(lo, ylo, hi, yhi, sixteen);
-    const __m128 p = pair_scales_d(x[i].d, x[i + 1].d, y[i].d, y[i + 1].d);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), pair_spread(p), acc);
-  }
-  float sum = hsum256_ps(acc);
-  if (i < nb) {
-    const __m256i q = nibbles32(x[i].qs);
-    const __m256i u = _mm256_mask_add_epi8(q, (__mmask32)ac__load_u32(x[i].qh), q, sixteen);
-    sum += (float)dot_block(u, y[i].qs, 16) * (h2f(x[i].d) * h2f(y[i].d));
-  }
-  *s = sum;
-}
-
-static void q5_1_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q5_1 *x = vx;
-  const ac_block_q8_1 *y = vy;
-  const int64_t nb = n / AC_QK8_1;
-  const __m256i sixteen = _mm256_set1_epi8(16);
-  __m256 acc = _mm256_setzero_ps();
-  __m128 accm = _mm_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    __m256i lo, hi, ylo, yhi;
-    __mmask32 blo, bhi;
-    nibbles_pair(x[i].qs, x[i + 1].qs, &lo, &hi);
-    high_bits_pair(x[i].qh, x[i + 1].qh, &blo, &bhi);
-    lo = _mm256_mask_add_epi8(lo, blo, lo, sixteen);
-    hi = _mm256_mask_add_epi8(hi, bhi, hi, sixteen);
-    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
-    const __m128 p = pair_scales_dm(&x[i], &x[i + 1], &y[i], &y[i + 1]);
-    accm = _mm_add_ps(accm, p);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_pairs(lo, ylo, hi, yhi)), pair_spread(p), acc);
-  }
-  float sum = hsum256_ps(acc) + odd_lanes_sum(accm);
-  if (i < nb) {
-    const __m256i q = nibbles32(x[i].qs);
-    const __m256i u = _mm256_mask_add_epi8(q, (__mmask32)ac__load_u32(x[i].qh), q, sixteen);
-    sum +=
-        (float)dot_block(u, y[i].qs, 0) * (h2f(x[i].d) * h2f(y[i].d)) + h2f(x[i].m) * h2f(y[i].s);
-  }
-  *s = sum;
-}
-
-// Q8_0 x Q8_0: |x| times y with x's sign, exact since activations never hold -128
-// (AC__Q8_ACT_MIN; |-128| = 128 is right as an unsigned byte, so weights may). Two blocks' int32
-// sums are interleaved by vphaddd: lanes {0,1,4,5} are block a, {2,3,6,7} block b.
-static inline __m256i q8_0_block_dot(const int8_t *x, const int8_t *y) {
-  const __m256i qx = loadu256(x);
-  return dot_u8s8_256(_mm256_abs_epi8(qx), _mm256_sign_epi8(loadu256(y), qx));
-}
-
-static void q8_0_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q8_0 *x = vx;
-  const ac_block_q8_0 *y = vy;
-  const int64_t nb = n / AC_QK8_0;
-  const __m256i spread = _mm256_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2);
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m256i d = _mm256_hadd_epi32(q8_0_block_dot(x[i].qs, y[i].qs),
-                                        q8_0_block_dot(x[i + 1].qs, y[i + 1].qs));
-    const __m128 p = pair_scales_d(x[i].d, x[i + 1].d, y[i].d, y[i + 1].d);
-    const __m256 sc = _mm256_permutexvar_ps(spread, _mm256_castps128_ps256(p));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, acc);
-  }
-  float sum = hsum256_ps(acc);
-  if (i < nb)
-    sum += (float)hsum256_epi32(q8_0_block_dot(x[i].qs, y[i].qs)) * (h2f(x[i].d) * h2f(y[i].d));
-  *s = sum;
-}
-
 // --- 32-value blocks: conversions --------------------------------------------------------------
 
 static void q4_1_to_float(const void *restrict vx, float *restrict y, int64_t n) {
@@ -382,40 +202,6 @@ static void q8_0_to_float(const void *restrict vx, float *restrict y, int64_t n)
     const __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(loadu128(x[i].qs + 16)));
     _mm512_storeu_ps(y, _mm512_mul_ps(f0, d));
     _mm512_storeu_ps(y + 16, _mm512_mul_ps(f1, d));
-  }
-}
-
-// Quantizes one block of 32 floats exactly as q8_0_from_float_ref does; returns sum(q).
-static inline int quantize_block_q8(const float *x, int8_t *qs, float *d_out) {
-  const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-  const float d = amax / 127;
-  const float id = amax != 0 ? 127.0f / amax : 0.0f;
-  const __m512 vid = _mm512_set1_ps(id);
-  const __m512i q0 = round_even_epi32(_mm512_mul_ps(v0, vid));
-  const __m512i q1 = round_even_epi32(_mm512_mul_ps(v1, vid));
-  _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(q0));
-  _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(q1));
-  *d_out = d;
-  return _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-}
-
-static void q8_0_from_float(const float *restrict x, void *restrict vy, int64_t n) {
-  ac_block_q8_0 *y = vy;
-  for (int64_t i = 0; i < n / AC_QK8_0; i++, x += AC_QK8_0) {
-    float d;
-    (void)quantize_block_q8(x, y[i].qs, &d);
-    y[i].d = f2h(d);
-  }
-}
-
-static void q8_1_from_float(const float *restrict x, void *restrict vy, int64_t n) {
-  ac_block_q8_1 *y = vy;
-  for (int64_t i = 0; i < n / AC_QK8_1; i++, x += AC_QK8_1) {
-    float d;
-    const int sum = quantize_block_q8(x, y[i].qs, &d);
-    y[i].d = f2h(d);
-    y[i].s = f2h((float)sum * d);
   }
 }
 
@@ -519,7 +305,7 @@ static void q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
     accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(loadu256(y[i].bsums), mins16)),
                            _mm256_set1_ps(yd * h2f(x[i].dmin)), accm);
   }
-  *s = _mm512_reduce_add_ps(acc) - hsum256_ps(accm);
+  *s = _mm512_reduce_add_ps(acc) - hsum_ps(accm);
 }
 
 static void q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
@@ -553,80 +339,6 @@ static void q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fixed), _mm512_set1_ps(y[i].d * h2f(x[i].d)), acc);
   }
   *s = _mm512_reduce_add_ps(acc);
-}
-
-// Q4_K / Q5_K go 32 values at a time on 256-bit vectors: their sub-blocks are 32 values, so a
-// chunk needs a single broadcast scale, and vpdpwssd folds in the scale multiply and the add.
-// (The 512-bit form, which needs a permute per chunk for the scales, was 10-15% slower.)
-
-// The 8 scales as int16, and the 8 mins repeated per 16 values to line up with bsums.
-static inline void k4_scales(const uint8_t *packed, int16_t sc[8], __m256i *mins16) {
-  uint32_t w[4];
-  ac__k4_scales_mins(packed, w);
-  const __m128i v = _mm_setr_epi32((int)w[0], (int)w[1], (int)w[2], (int)w[3]);
-  _mm_storeu_si128((__m128i *)sc, _mm_cvtepu8_epi16(v));
-  *mins16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
-}
-
-static inline __m256i kdot32(__m256i acc, __m256i u, const int8_t *y, int16_t sc) {
-  return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, loadu256(y)), _mm256_set1_epi16(sc));
-}
-
-static void q4_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q4_K *x = vx;
-  const ac_block_q8_K *y = vy;
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n / AC_QK_K; i++) {
-    int16_t sc[8];
-    __m256i mins16;
-    k4_scales(x[i].scales, sc, &mins16);
-    __m256i isum = _mm256_setzero_si256();
-    for (int j = 0; j < 4; j++) {
-      // 32 bytes: the low nibbles are sub-block 2j, the high nibbles sub-block 2j+1.
-      const __m256i q = loadu256(x[i].qs + 32 * j);
-      isum = kdot32(isum, _mm256_and_si256(q, m4), y[i].qs + 64 * j, sc[2 * j]);
-      isum = kdot32(isum, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), y[i].qs + 64 * j + 32,
-                    sc[2 * j + 1]);
-    }
-    const float yd = y[i].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(yd * h2f(x[i].d)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(loadu256(y[i].bsums), mins16)),
-                           _mm256_set1_ps(yd * h2f(x[i].dmin)), accm);
-  }
-  *s = hsum256_ps(acc) - hsum256_ps(accm);
-}
-
-static void q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                         const void *restrict vy) {
-  const ac_block_q5_K *x = vx;
-  const ac_block_q8_K *y = vy;
-  const __m256i m4 = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n / AC_QK_K; i++) {
-    int16_t sc[8];
-    __m256i mins16;
-    k4_scales(x[i].scales, sc, &mins16);
-    const __m256i hb = loadu256(x[i].qh);
-    __m256i isum = _mm256_setzero_si256();
-    for (int j = 0; j < 4; j++) {
-      const __m256i q = loadu256(x[i].qs + 32 * j);
-      __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      // The 5th bit of sub-block 2j is bit 2j of qh, that of 2j+1 bit 2j+1.
-      lo = _mm256_mask_add_epi8(
-          lo, _mm256_test_epi8_mask(hb, _mm256_set1_epi8((char)(1 << (2 * j)))), lo, sixteen);
-      hi = _mm256_mask_add_epi8(
-          hi, _mm256_test_epi8_mask(hb, _mm256_set1_epi8((char)(1 << (2 * j + 1)))), hi, sixteen);
-      isum = kdot32(isum, lo, y[i].qs + 64 * j, sc[2 * j]);
-      isum = kdot32(isum, hi, y[i].qs + 64 * j + 32, sc[2 * j + 1]);
-    }
-    const float yd = y[i].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(yd * h2f(x[i].d)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(loadu256(y[i].bsums), mins16)),
-                           _mm256_set1_ps(yd * h2f(x[i].dmin)), accm);
-  }
-  *s = hsum256_ps(acc) - hsum256_ps(accm);
 }
 
 static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
@@ -668,23 +380,15 @@ static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
 void ac__quant_avx512_install(ac_type_traits_t *tab) {
   // Start from the AVX2 kernels (F16's dot product among them, see the top of this file).
   ac__quant_avx2_install(tab);
+  x86_install_shared(tab);
   tab[AC_TYPE_F32].vec_dot = f32_vec_dot;
   tab[AC_TYPE_F16].to_float = f16_to_float;
   tab[AC_TYPE_F16].from_float = f16_from_float;
   tab[AC_TYPE_BF16].vec_dot = bf16_vec_dot;
-  tab[AC_TYPE_Q4_0].vec_dot = q4_0_vec_dot;
-  tab[AC_TYPE_Q4_1].vec_dot = q4_1_vec_dot;
   tab[AC_TYPE_Q4_1].to_float = q4_1_to_float;
-  tab[AC_TYPE_Q5_0].vec_dot = q5_0_vec_dot;
-  tab[AC_TYPE_Q5_1].vec_dot = q5_1_vec_dot;
-  tab[AC_TYPE_Q8_0].vec_dot = q8_0_vec_dot;
   tab[AC_TYPE_Q8_0].to_float = q8_0_to_float;
-  tab[AC_TYPE_Q8_0].from_float = q8_0_from_float;
-  tab[AC_TYPE_Q8_1].from_float = q8_1_from_float;
   tab[AC_TYPE_Q8_K].from_float = q8_k_from_float;
   tab[AC_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
   tab[AC_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
-  tab[AC_TYPE_Q4_K].vec_dot = q4_k_vec_dot;
-  tab[AC_TYPE_Q5_K].vec_dot = q5_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
 }
