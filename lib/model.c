@@ -59,7 +59,9 @@ static int get_hp_layers(const ac_gguf_t *g, const char *arch, const char *suffi
       uint32_t v;
       int rc = ac_gguf_arr_u32(kv, l, &v);
       if (rc) return rc;
-      if (v == 0 || v > (1u << 20)) return ac_error(AC_EFORMAT, "key '%s'[%d] = %u is out of range", key, l, v);
+      if (v == 0)
+        return ac_error(AC_EUNSUPPORTED, "key '%s'[%d] = 0: layers without attention or FFN are not supported", key, l);
+      if (v > (1u << 20)) return ac_error(AC_EFORMAT, "key '%s'[%d] = %u is out of range", key, l, v);
       out[l] = (int32_t)v;
     }
     return 0;
@@ -110,11 +112,15 @@ static int load_hparams(ac_model_t *m) {
   if (arch.len >= sizeof hp->arch) return ac_error(AC_EFORMAT, "general.architecture is too long");
   memcpy(hp->arch, arch.ptr, arch.len);
   hp->arch[arch.len] = 0;
-  // The llama graph serves every architecture that is llama under another name.
-  static const char *llama_like[] = {"llama", "mistral", "granite"};
+  // The llama graph serves every architecture that is llama under another name. "deci" is
+  // llama.cpp's name for llama models whose layers differ in head count and FFN width (what
+  // structured pruning produces: llama.cpp checks llama-arch tensors against layer 0's shape).
+  static const char *llama_like[] = {"llama", "deci"};
   bool known = false;
   for (size_t i = 0; i < sizeof llama_like / sizeof *llama_like; i++) known |= strcmp(hp->arch, llama_like[i]) == 0;
-  if (!known) return ac_error(AC_EUNSUPPORTED, "architecture '%s' is not supported (supported: llama, mistral)", hp->arch);
+  if (!known)
+    return ac_error(AC_EUNSUPPORTED, "architecture '%s' is not supported (supported: llama, deci)",
+                    hp->arch);
   const char *a = hp->arch;
 
   if ((rc = get_hp_u32(g, a, "block_count", -1, &hp->n_layer)) ||
