@@ -268,6 +268,8 @@ struct ac_ctx {
   float *rope_cs;    // (n_batch, n_rot) cos, sin pairs
   int32_t *pos;      // (n_batch) position of each row
   int32_t max_q, max_kv, max_ff;
+  ac_observer_fn observer;
+  void *observer_user;
 };
 
 int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
@@ -345,6 +347,11 @@ void ac_ctx_destroy(ac_ctx_t **self_p) {
   ac_pool_destroy(&c->pool);
   free(c);
   *self_p = NULL;
+}
+
+void ac_ctx_set_observer(ac_ctx_t *ctx, ac_observer_fn fn, void *user) {
+  ctx->observer = fn;
+  ctx->observer_user = user;
 }
 
 int32_t ac_ctx_n_ctx(const ac_ctx_t *ctx) { return ctx->p.n_ctx; }
@@ -592,6 +599,7 @@ int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *se
     }
     attn_job_t aj = {c, l, n, seqs};
     ac_pool_run(c->pool, attn_worker, &aj);
+    if (c->observer) c->observer(c->observer_user, l, AC_OBS_ATTN_OUT, n, Q, c->att);
     matmul1(c, &ly->wo, c->xb, c->att, n);
     for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb[i];
 
@@ -603,6 +611,7 @@ int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *se
       float g = c->hg[i];
       c->hg[i] = g / (1.0f + expf(-g)) * c->hu[i];
     }
+    if (c->observer) c->observer(c->observer_user, l, AC_OBS_FFN_HIDDEN, n, F, c->hg);
     matmul1(c, &ly->ffn_down, c->xb, c->hg, n);
     for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb[i];
   }

@@ -88,4 +88,17 @@ int ac_ctx_seq_truncate(ac_ctx_t *ctx, int32_t seq, int32_t len);
 int ac_ctx_eval(ac_ctx_t *ctx, int32_t n, const int32_t *tokens, const int32_t *seqs,
                 const int8_t *want_logits, float *logits);
 
+// --- observing activations (calibration for pruning, debugging) -----------------------------
+
+typedef enum {
+  AC_OBS_ATTN_OUT = 0,  // attention output before the output projection: (n, n_head*head_dim)
+  AC_OBS_FFN_HIDDEN,    // silu(gate) * up before the down projection: (n, n_ff)
+} ac_obs_point_t;
+
+// Called during ac_ctx_eval, on the calling thread, with the n rows of one layer's activations
+// at `point` (row-major, `width` floats per row). The data are only valid during the call.
+typedef void (*ac_observer_fn)(void *user, int layer, ac_obs_point_t point, int n, int width, const float *data);
+// Installs (or with fn NULL removes) the observer.
+void ac_ctx_set_observer(ac_ctx_t *ctx, ac_observer_fn fn, void *user);
+
 #endif
