@@ -10,19 +10,21 @@ acq=${AC_BUILD:-build}/bin/acq
 shared=${AC_SHARED:-../shared}
 models=$AC_CACHE/models
 threads=$(nproc)
+speed=$(mktemp)
+trap 'rm -f "$speed"' EXIT
+# Generated text goes to stdout; acq's speed line (stderr) is shown after it, on its own line.
+run() { $acq run "$@" 2>"$speed"; echo; cat "$speed"; }
 
 echo "== stories260K: llama2.c checkpoint -> GGUF, greedy from BOS"
 $acq convert --llama2c "$shared/models/stories260K/stories260K.bin" \
   --tokenizer "$shared/models/stories260K/tok512.bin" -o "$models/stories260K.gguf"
-$acq run "$models/stories260K.gguf" -p "" -n 200
-echo
+run "$models/stories260K.gguf" -p "" -n 200
 
 echo "== SmolLM2-135M-Instruct Q4_1 -> F16 (every tensor dequantized: the zoo's full model)"
 [ -f "$models/SmolLM2-135M-Instruct.F16.gguf" ] ||
   $acq convert --gguf "$models/SmolLM2-135M-Instruct.Q4_1.gguf" --type f16 -o "$models/SmolLM2-135M-Instruct.F16.gguf"
 for v in Q4_1 F16; do
   echo "== SmolLM2 $v, chat, greedy, $threads threads"
-  $acq run "$models/SmolLM2-135M-Instruct.$v.gguf" --chat -t "$threads" -n 96 \
+  run "$models/SmolLM2-135M-Instruct.$v.gguf" --chat -t "$threads" -n 96 \
     -p "Explain in two sentences why the sky is blue."
-  echo
 done
