@@ -76,9 +76,15 @@ static int get_hp_layers(const ac_gguf_t *g, const char *arch, const char *suffi
 
 // Binds `name` (a 1-D vector of ne0 or a matrix ne0 x ne1) and checks its shape. An absent
 // optional tensor leaves w->data NULL.
-static int bind(const ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1, bool optional) {
+static int bind_factors(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1);
+
+static int bind(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1, bool optional) {
   const ac_gguf_tensor_t *t = ac_gguf_find_tensor(m->gguf, name);
   memset(w, 0, sizeof *w);
+  if (!t && ne1 > 1) {
+    int rc = bind_factors(m, w, name, ne0, ne1);
+    if (rc <= 0) return rc;  // bound as factors, or a clear error about them
+  }
   if (!t) return optional ? 0 : ac_error(AC_ENOTFOUND, "required tensor '%s' is missing", name);
   const ac_type_traits_t *tt = ac_type_traits(t->type);
   if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
@@ -100,6 +106,33 @@ static int bind(const ac_model_t *m, ac_weight_t *w, const char *name, int64_t n
   w->ne[1] = ne1;
   w->data = t->data;
   w->row_bytes = ac_row_size(t->type, ne0);
+  return 0;
+}
+
+// Binds NAME.lr_a [ne0, r] and NAME.lr_b [r, ne1] when the file factors NAME; returns 1 if it
+// does not (neither factor present), 0 when bound, or an error.
+static int bind_factors(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1) {
+  char an[256], bn[256];
+  snprintf(an, sizeof an, "%s.lr_a", name);
+  snprintf(bn, sizeof bn, "%s.lr_b", name);
+  const ac_gguf_tensor_t *a = ac_gguf_find_tensor(m->gguf, an), *b = ac_gguf_find_tensor(m->gguf, bn);
+  if (!a && !b) return 1;
+  if (!a || !b) return ac_error(AC_EFORMAT, "low-rank weight '%s' needs both '%s' and '%s'", name, an, bn);
+  int64_t r = a->ne[1];
+  if (r < 1 || r > (ne0 < ne1 ? ne0 : ne1))
+    return ac_error(AC_EFORMAT, "low-rank weight '%s': rank %lld is not in 1..min(%lld, %lld)", name, (long long)r,
+                    (long long)ne0, (long long)ne1);
+  ac_weight_t *f = &m->factors[2 * m->n_factored];
+  int rc;
+  if ((rc = bind(m, &f[0], an, ne0, r, false)) || (rc = bind(m, &f[1], bn, r, ne1, false))) return rc;
+  m->n_factored++;
+  if (r > m->max_rank) m->max_rank = r;
+  w->name = f[0].name;
+  w->type = f[0].type;
+  w->ne[0] = ne0;
+  w->ne[1] = ne1;
+  w->lr_a = &f[0];
+  w->lr_b = &f[1];
   return 0;
 }
 
@@ -186,7 +219,11 @@ int ac_model_load(const char *path, ac_model_t **out) {
       (rc = bind(m, &m->output_norm, "output_norm.weight", E, 1, false)) ||
       (rc = bind(m, &m->output, "output.weight", E, V, true)))
     goto fail;
-  hp->tied_output = m->output.data == NULL;
+  if (m->tok_embd.lr_a) {
+    rc = ac_error(AC_EFORMAT, "token_embd.weight cannot be stored as low-rank factors (it is looked up by row)");
+    goto fail;
+  }
+  hp->tied_output = m->output.data == NULL && m->output.lr_a == NULL;
   if (hp->tied_output) m->output = m->tok_embd;
 
   const ac_gguf_tensor_t *rf = ac_gguf_find_tensor(m->gguf, "rope_freqs.weight");
@@ -199,7 +236,9 @@ int ac_model_load(const char *path, ac_model_t **out) {
   }
 
   m->layers = calloc(hp->n_layer, sizeof *m->layers);
-  if (!m->layers) {
+  // Room for every matrix of every layer plus the output to be factored.
+  m->factors = calloc(2 * (7 * (size_t)hp->n_layer + 1), sizeof *m->factors);
+  if (!m->layers || !m->factors) {
     rc = ac_error(AC_ENOMEM, "out of memory");
     goto fail;
   }
@@ -240,6 +279,7 @@ void ac_model_destroy(ac_model_t **self_p) {
   if (!m) return;
   ac_tokenizer_destroy(&m->tok);
   free(m->layers);
+  free(m->factors);
   free(m->hp.n_head);
   free(m->hp.n_head_kv);
   free(m->hp.n_ff);
@@ -266,6 +306,7 @@ struct ac_ctx {
   float *scores;     // (n_threads, n_ctx) attention scores
   uint16_t *probs;   // (n_threads, n_ctx) attention probabilities rounded to f16
   float *rope_cs;    // (n_batch, n_rot) cos, sin pairs
+  float *lr_tmp;     // (n_batch, max_rank) A·x of a low-rank weight
   int32_t *pos;      // (n_batch) position of each row
   int32_t max_q, max_kv, max_ff;
   ac_observer_fn observer;
@@ -311,7 +352,8 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   c->actq = malloc(B * widest * sizeof(float) + 64);
   c->pos = malloc(B * sizeof *c->pos);
   c->probs = malloc((size_t)p.n_threads * p.n_ctx * sizeof *c->probs);
-  if (!c->buf || !c->actq || !c->pos || !c->probs) goto oom;
+  c->lr_tmp = malloc(B * (m->max_rank ? m->max_rank : 1) * sizeof *c->lr_tmp);
+  if (!c->buf || !c->actq || !c->pos || !c->probs || !c->lr_tmp) goto oom;
   float *f = c->buf;
   c->x = f, f += B * E;          // (B, n_embd) residual stream
   c->xb = f, f += B * E;         // (B, n_embd) normed input
@@ -344,6 +386,7 @@ void ac_ctx_destroy(ac_ctx_t **self_p) {
   free(c->actq);
   free(c->pos);
   free(c->probs);
+  free(c->lr_tmp);
   ac_pool_destroy(&c->pool);
   free(c);
   *self_p = NULL;
@@ -436,14 +479,20 @@ static void matmul(ac_ctx_t *c, int n_w, const ac_weight_t *const *w, float *con
   ac_pool_run(c->pool, matmul_worker, &j);
 }
 
+// out = x @ w^T; a low-rank weight runs as (x @ A^T) @ B^T.
 static void matmul1(ac_ctx_t *c, const ac_weight_t *w, float *out, const float *x, int n_rows) {
+  if (w->lr_a) {
+    matmul(c, 1, &w->lr_a, &c->lr_tmp, x, n_rows);
+    matmul(c, 1, &w->lr_b, &out, c->lr_tmp, n_rows);
+    return;
+  }
   matmul(c, 1, &w, &out, x, n_rows);
 }
 
-// Groups weights that can share one quantized input (same type); others go alone.
+// Groups weights that can share one quantized input (same type, dense); others go alone.
 static void matmul_group(ac_ctx_t *c, int n_w, const ac_weight_t *const *w, float *const *out, const float *x, int n_rows) {
-  bool same = true;
-  for (int i = 1; i < n_w; i++) same &= w[i]->type == w[0]->type;
+  bool same = !w[0]->lr_a;
+  for (int i = 1; i < n_w; i++) same &= w[i]->type == w[0]->type && !w[i]->lr_a;
   if (same) {
     matmul(c, n_w, w, out, x, n_rows);
     return;

@@ -30,12 +30,18 @@ typedef struct {
 } ac_hparams_t;
 
 // A weight matrix view into the mapping: ne[1] rows of ne[0] elements of `type`.
-typedef struct {
+//
+// Low-rank factors (our GGUF extension, written by `acq lowrank`): a matrix X.weight of shape
+// [in, out] may be stored instead as X.weight.lr_a [in, rank] and X.weight.lr_b [rank, out], so
+// that W = B·A. Such a weight has data NULL, lr_a/lr_b set, and runs as two matmuls.
+// llama.cpp cannot load files that use it.
+typedef struct ac_weight {
   const char *name;
   uint32_t type;
   int64_t ne[2];
   const void *data;
   size_t row_bytes;
+  const struct ac_weight *lr_a, *lr_b;
 } ac_weight_t;
 
 typedef struct {
@@ -49,6 +55,9 @@ typedef struct ac_model {
   ac_weight_t tok_embd, output_norm, output;
   const float *rope_freqs;  // (n_rot/2) per-dimension divisors, or NULL
   ac_layer_t *layers;       // (n_layer)
+  ac_weight_t *factors;     // views of low-rank factors, two per factored weight
+  int n_factored;           // weights stored as low-rank factors
+  int64_t max_rank;
   ac_tokenizer_t *tok;
   size_t weight_bytes;      // bytes of all tensors
   int64_t n_params;

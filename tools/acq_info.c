@@ -87,6 +87,16 @@ int acq_info_main(int argc, char **argv) {
   }
   printf("\ntotal: %lld parameters, %zu bytes of tensors, %.3f bits per weight\n", (long long)params, bytes,
          params ? 8.0 * bytes / params : 0.0);
+  // Our GGUF extensions: say so, since other readers will refuse the file.
+  int factored = 0;
+  for (int64_t i = 0; i < ac_gguf_n_tensors(g); i++) {
+    const char *n = ac_gguf_tensor(g, i)->name;
+    size_t len = strlen(n);
+    factored += len > 5 && strcmp(n + len - 5, ".lr_a") == 0;
+  }
+  if (factored)
+    printf("extension: agentcompress low-rank factors (%d matrices stored as X.lr_a, X.lr_b with W = B*A); "
+           "llama.cpp cannot load this file\n", factored);
   ac_gguf_close(&g);
   return 0;
 }
