@@ -19,6 +19,7 @@ static const struct {
     {"perplexity", acq_perplexity_main, "perplexity MODEL TEXTFILE       perplexity of a text"},
     {"logits", acq_logits_main, "logits MODEL -p PROMPT -o OUT    logits at every position (raw float32)"},
     {"convert", acq_convert_main, "convert --llama2c|--hf|--gguf  write a GGUF model"},
+    {"eval", acq_eval_main, "eval BASE VARIANT [TEXTFILE]    PPL, KL divergence, top-1 agreement vs a base"},
     {"tokenize", acq_tokenize_main, "tokenize MODEL -p TEXT          print token ids"},
     {"dump", acq_dump_main, "dump MODEL TENSOR -o OUT        write a tensor as raw float32"},
 };
