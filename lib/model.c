@@ -78,10 +78,11 @@ static int get_hp_layers(const ac_gguf_t *g, const char *arch, const char *suffi
 // optional tensor leaves w->data NULL.
 static int bind_factors(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1);
 
-static int bind(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1, bool optional) {
+// `vector`: a 1-D weight (a norm) of ne0 floats; otherwise a matrix with ne1 rows.
+static int bind(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, int64_t ne1, bool optional, bool vector) {
   const ac_gguf_tensor_t *t = ac_gguf_find_tensor(m->gguf, name);
   memset(w, 0, sizeof *w);
-  if (!t && ne1 > 1) {
+  if (!t && !vector) {
     int rc = bind_factors(m, w, name, ne0, ne1);
     if (rc <= 0) return rc;  // bound as factors, or a clear error about them
   }
@@ -90,9 +91,9 @@ static int bind(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, in
   if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
     return ac_error(AC_EFORMAT, "tensor '%s' has shape [%lld, %lld], want [%lld, %lld]", name,
                     (long long)t->ne[0], (long long)t->ne[1], (long long)ne0, (long long)ne1);
-  if (ne1 == 1 && t->type != AC_TYPE_F32)
+  if (vector && t->type != AC_TYPE_F32)
     return ac_error(AC_EUNSUPPORTED, "tensor '%s': norm weights must be f32, have %s", name, tt->name);
-  if (ne1 > 1) {
+  if (!vector) {
     const ac_type_traits_t *vt = ac_type_traits(tt->vec_dot_type);
     if (!tt->vec_dot || !vt || !vt->from_float || !tt->to_float)
       return ac_error(AC_EUNSUPPORTED, "tensor '%s': type %s has no CPU kernels", name, tt->name);
@@ -124,7 +125,7 @@ static int bind_factors(ac_model_t *m, ac_weight_t *w, const char *name, int64_t
                     (long long)ne0, (long long)ne1);
   ac_weight_t *f = &m->factors[2 * m->n_factored];
   int rc;
-  if ((rc = bind(m, &f[0], an, ne0, r, false)) || (rc = bind(m, &f[1], bn, r, ne1, false))) return rc;
+  if ((rc = bind(m, &f[0], an, ne0, r, false, false)) || (rc = bind(m, &f[1], bn, r, ne1, false, false))) return rc;
   m->n_factored++;
   if (r > m->max_rank) m->max_rank = r;
   w->name = f[0].name;
@@ -215,9 +216,9 @@ int ac_model_load(const char *path, ac_model_t **out) {
   }
   hp->n_vocab = (int32_t)te->ne[1];
   int64_t E = hp->n_embd, V = hp->n_vocab, hd = hp->head_dim;
-  if ((rc = bind(m, &m->tok_embd, "token_embd.weight", E, V, false)) ||
-      (rc = bind(m, &m->output_norm, "output_norm.weight", E, 1, false)) ||
-      (rc = bind(m, &m->output, "output.weight", E, V, true)))
+  if ((rc = bind(m, &m->tok_embd, "token_embd.weight", E, V, false, false)) ||
+      (rc = bind(m, &m->output_norm, "output_norm.weight", E, 1, false, true)) ||
+      (rc = bind(m, &m->output, "output.weight", E, V, true, false)))
     goto fail;
   if (m->tok_embd.lr_a) {
     rc = ac_error(AC_EFORMAT, "token_embd.weight cannot be stored as low-rank factors (it is looked up by row)");
@@ -249,11 +250,11 @@ int ac_model_load(const char *path, ac_model_t **out) {
     static const char *suffix[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                                     "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
     for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
-    if ((rc = bind(m, &ly->attn_norm, n[0], E, 1, false)) || (rc = bind(m, &ly->wq, n[1], E, q, false)) ||
-        (rc = bind(m, &ly->wk, n[2], E, kv, false)) || (rc = bind(m, &ly->wv, n[3], E, kv, false)) ||
-        (rc = bind(m, &ly->wo, n[4], q, E, false)) || (rc = bind(m, &ly->ffn_norm, n[5], E, 1, false)) ||
-        (rc = bind(m, &ly->ffn_gate, n[6], E, ff, false)) || (rc = bind(m, &ly->ffn_up, n[7], E, ff, false)) ||
-        (rc = bind(m, &ly->ffn_down, n[8], ff, E, false)))
+    if ((rc = bind(m, &ly->attn_norm, n[0], E, 1, false, true)) || (rc = bind(m, &ly->wq, n[1], E, q, false, false)) ||
+        (rc = bind(m, &ly->wk, n[2], E, kv, false, false)) || (rc = bind(m, &ly->wv, n[3], E, kv, false, false)) ||
+        (rc = bind(m, &ly->wo, n[4], q, E, false, false)) || (rc = bind(m, &ly->ffn_norm, n[5], E, 1, false, true)) ||
+        (rc = bind(m, &ly->ffn_gate, n[6], E, ff, false, false)) || (rc = bind(m, &ly->ffn_up, n[7], E, ff, false, false)) ||
+        (rc = bind(m, &ly->ffn_down, n[8], ff, E, false, false)))
       goto fail;
   }
   for (int64_t i = 0; i < ac_gguf_n_tensors(m->gguf); i++) {
