@@ -438,16 +438,24 @@ static void matmul_worker(void *arg, int ith, int nth) {
     if (r1 <= 0 || r0 >= M) continue;
     if (r0 < 0) r0 = 0;
     if (r1 > M) r1 = M;
-    ac_vec_dot_fn dot = ac_type_traits(w->type)->vec_dot;
-    const uint8_t *wd = w->data;
+    const ac_type_traits_t *tt = ac_type_traits(w->type);
+    const uint8_t *wd = w->data, *act = j->act;
+    const size_t as = j->act_stride;
     float *out = j->out[i];
     // Rows in tiles of 16 activation rows: each weight row is read from memory once per tile.
+    // Within a tile, vec_dot_4 takes 2 weight rows by 4 activation rows at a time (the same bits
+    // as vec_dot on each pair); what is left over goes pair by pair.
     for (int n0 = 0; n0 < j->n_rows; n0 += 16) {
       int n1 = n0 + 16 < j->n_rows ? n0 + 16 : j->n_rows;
-      for (int64_t r = r0; r < r1; r++) {
-        const void *wrow = wd + r * w->row_bytes;
-        for (int n = n0; n < n1; n++)
-          dot(w->ne[0], &out[(size_t)n * M + r], wrow, (const uint8_t *)j->act + n * j->act_stride);
+      int n4 = tt->vec_dot_4 ? n0 + (n1 - n0) / 4 * 4 : n0;
+      for (int64_t r = r0; r < r1; r += 2) {
+        const int nr = r + 2 <= r1 ? 2 : 1;
+        const uint8_t *wrow = wd + r * w->row_bytes;
+        for (int n = n0; n < n4; n += 4)
+          tt->vec_dot_4(w->ne[0], nr, &out[(size_t)n * M + r], (size_t)M, wrow, w->row_bytes, act + n * as, as);
+        for (int k = 0; k < nr; k++)
+          for (int n = n4; n < n1; n++)
+            tt->vec_dot(w->ne[0], &out[(size_t)n * M + r + k], wrow + k * w->row_bytes, act + n * as);
       }
     }
   }

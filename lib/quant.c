@@ -1003,6 +1003,34 @@ static void q8_k_to_float_ref(const void *restrict vx, float *restrict y, int64_
     for (int j = 0; j < AC_QK_K; j++) y[j] = x[i].d * (float)x[i].qs[j];
 }
 
+// --- tiles of dot products --------------------------------------------------------------------
+// The reference tile is vec_dot_ref on each pair, which makes it bit-identical to vec_dot_ref by
+// construction. The SIMD tiles (quant_x86.h) interleave their set's own vec_dot instead.
+
+#define TILE_REF(prefix)                                                                        \
+  static void prefix##_vec_dot_4_ref(int64_t n, int nr, float *restrict s, size_t bs,           \
+                                     const void *restrict x, size_t bx, const void *restrict y, \
+                                     size_t by) {                                               \
+    for (int j = 0; j < 4; j++)                                                                 \
+      for (int i = 0; i < nr; i++)                                                              \
+        prefix##_vec_dot_ref(n, &s[(size_t)j * bs + i], (const uint8_t *)x + (size_t)i * bx,    \
+                             (const uint8_t *)y + (size_t)j * by);                              \
+  }
+
+TILE_REF(f32)
+TILE_REF(f16)
+TILE_REF(bf16)
+TILE_REF(q4_0)
+TILE_REF(q4_1)
+TILE_REF(q5_0)
+TILE_REF(q5_1)
+TILE_REF(q8_0)
+TILE_REF(q2_k)
+TILE_REF(q3_k)
+TILE_REF(q4_k)
+TILE_REF(q5_k)
+TILE_REF(q6_k)
+
 // --- the traits tables -------------------------------------------------------------------------
 
 #define ROW(id, nm, bs, sz, q, vdt, prefix)          \
@@ -1014,9 +1042,11 @@ static void q8_k_to_float_ref(const void *restrict vx, float *restrict y, int64_
           .to_float = prefix##_to_float_ref,         \
           .from_float = prefix##_from_float_ref,     \
           .vec_dot = prefix##_vec_dot_ref,           \
+          .vec_dot_4 = prefix##_vec_dot_4_ref,       \
           .to_float_ref = prefix##_to_float_ref,     \
           .from_float_ref = prefix##_from_float_ref, \
-          .vec_dot_ref = prefix##_vec_dot_ref}
+          .vec_dot_ref = prefix##_vec_dot_ref,       \
+          .vec_dot_4_ref = prefix##_vec_dot_4_ref}
 
 // Activation-only types have no dot product of their own: nothing multiplies with them as
 // weights (ggml's CPU backend has none either).
@@ -1086,6 +1116,15 @@ static void quant_init_once(void) {
   for (int s = 0; s < AC__SIMD_COUNT; s++) memcpy(simd_traits[s], ref_traits, sizeof ref_traits);
   ac__quant_avx2_install(simd_traits[AC__SIMD_AVX2]);
   ac__quant_avx512_install(simd_traits[AC__SIMD_AVX512]);
+  // A set that replaced vec_dot but has no tile of its own must not keep the reference tile,
+  // which would give other bits than its vec_dot: such rows go pair by pair through vec_dot.
+  for (int s = 0; s < AC__SIMD_COUNT; s++) {
+    for (int t = 0; t < AC_TYPE_COUNT; t++) {
+      ac_type_traits_t *tt = &simd_traits[s][t];
+      if (tt->vec_dot_4 == tt->vec_dot_4_ref && tt->vec_dot != tt->vec_dot_ref)
+        tt->vec_dot_4 = NULL;
+    }
+  }
   // Every table is complete whether or not this CPU can run it; only ac__quant_traits_for and
   // the choice of `active` below look at what the CPU supports.
   cpu_best = detect_cpu();

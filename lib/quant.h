@@ -3,7 +3,9 @@
 // Every type is described by one row of a traits table: block size, bytes per block, and the
 // kernels that convert and multiply it. A matrix-vector product with weights of type T first
 // converts the activation row to traits(T)->vec_dot_type (for example Q8_1 for Q4_1 weights,
-// F16 for F16 weights, as ggml does), then calls traits(T)->vec_dot on each weight row.
+// F16 for F16 weights, as ggml does), then calls traits(T)->vec_dot on each weight row. A
+// matrix-matrix product (prefill) goes through traits(T)->vec_dot_4 where a type has it: tiles of
+// 1-2 weight rows by 4 activation rows, with the same results as vec_dot.
 //
 // Each kernel has a plain C `_ref` version (in the table as *_ref) and, where it pays, SIMD
 // versions (AVX2, AVX-512/VNNI) chosen once at run time by ac_quant_init() from the CPU's features.
@@ -42,6 +44,14 @@ typedef void (*ac_from_float_fn)(const float *restrict x, void *restrict y, int6
 // *s = dot(x, y) over n elements; x is a row of this type, y a row of vec_dot_type.
 typedef void (*ac_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict x,
                               const void *restrict y);
+// A tile of a matrix product: nr (1 or 2) rows of this type against 4 rows of vec_dot_type, in
+// one pass over the rows, so each block is unpacked once for all the rows that use it:
+//   s[j * bs + i] = dot(x_i, y_j),  x_i = (const char *)x + i * bx,  y_j = (const char *)y + j * by
+// for i < nr, j < 4. Every s[j * bs + i] is bit-identical to vec_dot(n, ..., x_i, y_j) of the
+// same kernel set: the same float operations in the same order, only interleaved.
+typedef void (*ac_vec_dot_4_fn)(int64_t n, int nr, float *restrict s, size_t bs,
+                                const void *restrict x, size_t bx, const void *restrict y,
+                                size_t by);
 
 typedef struct {
   const char *name;    // "q4_1", as ggml names it
@@ -53,10 +63,14 @@ typedef struct {
   ac_to_float_fn to_float;
   ac_from_float_fn from_float;
   ac_vec_dot_fn vec_dot;
+  // Optional (NULL where a type has no faster way than vec_dot per pair): always consistent with
+  // vec_dot above, bit for bit.
+  ac_vec_dot_4_fn vec_dot_4;
   // Plain C reference versions, for tests.
   ac_to_float_fn to_float_ref;
   ac_from_float_fn from_float_ref;
   ac_vec_dot_fn vec_dot_ref;
+  ac_vec_dot_4_fn vec_dot_4_ref;  // vec_dot_ref for each pair of the tile
 } ac_type_traits_t;
 
 // Selects the SIMD kernels for this CPU. Idempotent and thread-safe; every other function here

@@ -8,8 +8,9 @@
 // exact because activations never hold -128 (AC__Q8_ACT_MIN). Integer sums are converted to
 // float once per block and scaled with an FMA into float accumulators, reduced at the end.
 //
-// The kernels whose shape AVX-512 shares (32-value blocks, the Q8_0 / Q8_1 quantizers, Q4_K and
-// Q5_K) are in quant_x86.h; this file gives them their AVX2 primitives and holds the rest.
+// The kernels whose shape AVX-512 shares (F16, 32-value blocks, the Q8_0 / Q8_1 quantizers, Q4_K
+// and Q5_K, and their vec_dot_4 tiles) are in quant_x86.h; this file gives them their AVX2
+// primitives and holds the rest.
 
 // Explicit FMAs only: an implicit contraction of a*b+c would change rounding and make the
 // dequantizers differ from quant.c's reference (and from ggml). Must precede the headers.
@@ -144,27 +145,6 @@ static void f32_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = sum;
 }
 
-static inline __m256 load_f16x8(const uint16_t *p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-static void f16_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
-                        const void *restrict vy) {
-  const uint16_t *x = vx, *y = vy;
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-    a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
-    a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
-    a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
-  }
-  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-  float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
-  *s = sum;
-}
-
 static void f16_to_float(const void *restrict vx, float *restrict y, int64_t n) {
   const uint16_t *x = vx;
   int64_t i = 0;
@@ -201,6 +181,44 @@ static void bf16_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   for (; i < n; i++) sum += ac_bf16_to_f32(x[i]) * ac_bf16_to_f32(y[i]);
   *s = sum;
 }
+
+// BF16 tile (see quant_x86.h) with bf16_vec_dot's two accumulators per pair. Two weight rows
+// would need 16 accumulators, all of AVX2's registers, so they are two passes.
+static inline __attribute__((always_inline)) void bf16_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const uint16_t *x[2], *y[4];
+  __m256 a[2][4][2], acc[2][4], pairs[8];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) a[r][j][0] =
+      a[r][j][1] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    X86_UNROLL for (int h = 0; h < 2; h++) {
+      __m256 xv[2];
+      X86_UNROLL for (int r = 0; r < R; r++) xv[r] = load_bf16x8(x[r] + i + 8 * h);
+      X86_UNROLL for (int j = 0; j < 4; j++) {
+        const __m256 yv = load_bf16x8(y[j] + i + 8 * h);
+        X86_UNROLL for (int r = 0; r < R; r++) a[r][j][h] = _mm256_fmadd_ps(xv[r], yv, a[r][j][h]);
+      }
+    }
+  }
+  for (; i + 8 <= n; i += 8)
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) a[r][j][0] =
+        _mm256_fmadd_ps(load_bf16x8(x[r] + i), load_bf16x8(y[j] + i), a[r][j][0]);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) acc[r][j] =
+      _mm256_add_ps(a[r][j][0], a[r][j][1]);
+  tile_pairs(R, acc, pairs);
+  float t[8];
+  _mm256_storeu_ps(t, hsum8_ps(pairs));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+    float sum = t[4 * r + j];
+    for (int64_t k = i; k < n; k++) sum += ac_bf16_to_f32(x[r][k]) * ac_bf16_to_f32(y[j][k]);
+    s[j * bs + r] = sum;
+  }
+}
+X86_TILE_KERNEL_ROWS(bf16)
 
 // --- 32-value blocks: conversions --------------------------------------------------------------
 
@@ -387,19 +405,80 @@ static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = hsum_ps(acc);
 }
 
+// Q6_K tile (see quant_x86.h): the levels and scale vectors of a super-block are unpacked once
+// per weight row for the 4 activation rows, which repeat q6_k_vec_dot's sums.
+static inline __attribute__((always_inline)) void q6_k_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const ac_block_q6_K *x[2];
+  const ac_block_q8_K *y[4];
+  __m256 acc[2][4], pairs[8];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) acc[r][j] =
+      _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  for (int64_t i = 0; i < n / AC_QK_K; i++) {
+    __m256i sc[2], isum[2][4];
+    int16_t s16[2][16];
+    X86_UNROLL for (int r = 0; r < R; r++) {
+      sc[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[r][i].scales));
+      _mm256_storeu_si256((__m256i *)s16[r], sc[r]);
+    }
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) isum[r][j] =
+        _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+      __m256i u[2][4];
+      X86_UNROLL for (int r = 0; r < R; r++) {
+        const __m256i l0 = loadu256(x[r][i].ql + 64 * h), l1 = loadu256(x[r][i].ql + 64 * h + 32);
+        const __m256i qh = loadu256(x[r][i].qh + 32 * h);
+        u[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                  _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        u[r][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                  _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        u[r][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                  _mm256_and_si256(qh, m30));
+        u[r][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                  _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+      }
+      X86_UNROLL for (int k = 0; k < 4; k++) {
+        const int c = 4 * h + k;
+        __m256i scv[2];
+        X86_UNROLL for (int r = 0; r < R; r++) scv[r] =
+            scales_2x16(s16[r][2 * c], s16[r][2 * c + 1]);
+        X86_UNROLL for (int j = 0; j < 4; j++) X86_UNROLL for (int r = 0; r < R; r++) isum[r][j] =
+            _mm256_add_epi32(isum[r][j], dot_chunk(u[r][k], y[j][i].qs + 32 * c, scv[r]));
+      }
+    }
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+      const __m256i off = _mm256_madd_epi16(loadu256(y[j][i].bsums), sc[r]);
+      const __m256i fixed = _mm256_sub_epi32(isum[r][j], _mm256_slli_epi32(off, 5));
+      acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fixed),
+                                  _mm256_set1_ps(y[j][i].d * h2f(x[r][i].d)), acc[r][j]);
+    }
+  }
+  tile_pairs(R, acc, pairs);
+  float t[8];
+  _mm256_storeu_ps(t, hsum8_ps(pairs));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) s[j * bs + r] =
+      t[4 * r + j];
+}
+X86_TILE_KERNEL_ROWS(q6_k)
+
 // --- install -----------------------------------------------------------------------------------
 
 void ac__quant_avx2_install(ac_type_traits_t *tab) {
   x86_install_shared(tab);
   tab[AC_TYPE_F32].vec_dot = f32_vec_dot;
-  tab[AC_TYPE_F16].vec_dot = f16_vec_dot;
   tab[AC_TYPE_F16].to_float = f16_to_float;
   tab[AC_TYPE_F16].from_float = f16_from_float;
   tab[AC_TYPE_BF16].vec_dot = bf16_vec_dot;
+  tab[AC_TYPE_BF16].vec_dot_4 = bf16_vec_dot_4;
   tab[AC_TYPE_Q4_1].to_float = q4_1_to_float;
   tab[AC_TYPE_Q8_0].to_float = q8_0_to_float;
   tab[AC_TYPE_Q8_K].from_float = q8_k_from_float;
   tab[AC_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
   tab[AC_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
+  tab[AC_TYPE_Q6_K].vec_dot_4 = q6_k_vec_dot_4;
 }

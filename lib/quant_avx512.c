@@ -7,17 +7,18 @@
 //   - the legacy dot products (Q4_0 ... Q8_0) use VNNI's vpdpbusd on 256-bit vectors, two blocks
 //     per step; the 512-bit form (four blocks per register) was slower because of the extra
 //     shuffles to assemble it;
-//   - F16 keeps the AVX2 kernel: vcvtph2ps on 512 bits converts half as many values per cycle
-//     as on 256 bits, so the 512-bit dot product was 1.5x slower;
+//   - F16 keeps the 256-bit kernel: vcvtph2ps on 512 bits converts half as many values per
+//     cycle as on 256 bits, so the 512-bit dot product was 1.5x slower (and 512-bit F16 tiles
+//     were about 25% slower than 256-bit ones);
 //   - the K-quants use vpmaddubsw + vpdpwssd, on 512 bits (64 levels at a time) for the types
 //     with 16-value sub-blocks and on 256 bits for Q4_K / Q5_K (see kdot32).
 // vpdpbusd multiplies unsigned bytes by signed bytes, summing four products into each int32
 // lane without saturation. Weights with an offset (Q4_0: q - 8) stay unsigned and the offset
 // is taken off through the activations' sums, exactly, for every input.
 //
-// The 256-bit kernels (the legacy dot products, the Q8_0 / Q8_1 quantizers, Q4_K and Q5_K) have
-// the same shape as AVX2's and are written once in quant_x86.h; this file gives them their
-// AVX-512 primitives and holds the 512-bit kernels.
+// The 256-bit kernels (F16, the legacy dot products, the Q8_0 / Q8_1 quantizers, Q4_K and Q5_K,
+// and their vec_dot_4 tiles) have the same shape as AVX2's and are written once in quant_x86.h;
+// this file gives them their AVX-512 primitives and holds the 512-bit kernels and their tiles.
 
 // Explicit FMAs only: an implicit contraction of a*b+c would change rounding and make the
 // dequantizers differ from quant.c's reference (and from ggml). Must precede the headers.
@@ -179,6 +180,42 @@ static void bf16_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   }
   *s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
+
+// BF16 tile (see quant_x86.h) with bf16_vec_dot's two accumulators per pair.
+static inline __attribute__((always_inline)) void bf16_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const uint16_t *x[2], *y[4];
+  __m512 a[2][4][2];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) a[r][j][0] =
+      a[r][j][1] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    X86_UNROLL for (int h = 0; h < 2; h++) {
+      __m512 xv[2];
+      X86_UNROLL for (int r = 0; r < R; r++) xv[r] = load_bf16x16(loadu256(x[r] + i + 16 * h));
+      X86_UNROLL for (int j = 0; j < 4; j++) {
+        const __m512 yv = load_bf16x16(loadu256(y[j] + i + 16 * h));
+        X86_UNROLL for (int r = 0; r < R; r++) a[r][j][h] = _mm512_fmadd_ps(xv[r], yv, a[r][j][h]);
+      }
+    }
+  }
+  for (; i + 16 <= n; i += 16)
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) a[r][j][0] =
+        _mm512_fmadd_ps(load_bf16x16(loadu256(x[r] + i)), load_bf16x16(loadu256(y[j] + i)),
+                        a[r][j][0]);
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) a[r][j][1] =
+        _mm512_fmadd_ps(load_bf16x16(_mm256_maskz_loadu_epi16(m, x[r] + i)),
+                        load_bf16x16(_mm256_maskz_loadu_epi16(m, y[j] + i)), a[r][j][1]);
+  }
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) s[j * bs + r] =
+      _mm512_reduce_add_ps(_mm512_add_ps(a[r][j][0], a[r][j][1]));
+}
+X86_TILE_KERNEL(bf16)
 
 // --- 32-value blocks: conversions --------------------------------------------------------------
 
@@ -375,20 +412,78 @@ static void q6_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = _mm512_reduce_add_ps(acc);
 }
 
+// Q6_K tile (see quant_x86.h): the levels and chunk scales of a super-block are unpacked once per
+// weight row for the 4 activation rows, which repeat q6_k_vec_dot's sums; each pair is reduced
+// by _mm512_reduce_add_ps as there.
+static inline __attribute__((always_inline)) void q6_k_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const ac_block_q6_K *x[2];
+  const ac_block_q8_K *y[4];
+  __m512 acc[2][4];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) acc[r][j] =
+      _mm512_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  for (int64_t i = 0; i < n / AC_QK_K; i++) {
+    __m256i sc16[2];
+    __m512i sc2[2], isum[2][4];
+    X86_UNROLL for (int r = 0; r < R; r++) {
+      sc16[r] = _mm256_cvtepi8_epi16(loadu128(x[r][i].scales));
+      sc2[r] = g16_scales(sc16[r]);
+    }
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) isum[r][j] =
+        _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++) {
+      __m512i u0[2], u1[2], s0[2], s1[2];
+      X86_UNROLL for (int r = 0; r < R; r++) {
+        const __m256i l0 = loadu256(x[r][i].ql + 64 * h), l1 = loadu256(x[r][i].ql + 64 * h + 32);
+        const __m256i qh = loadu256(x[r][i].qh + 32 * h);
+        u0[r] = join256(_mm256_or_si256(_mm256_and_si256(l0, m4),
+                                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+                        _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)));
+        u1[r] = join256(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                        _mm256_and_si256(qh, m30)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)));
+        s0[r] = g16_chunk_scales(sc2[r], 2 * h);
+        s1[r] = g16_chunk_scales(sc2[r], 2 * h + 1);
+      }
+      X86_UNROLL for (int j = 0; j < 4; j++) X86_UNROLL for (int r = 0; r < R; r++) {
+        isum[r][j] = kdot64(isum[r][j], u0[r], y[j][i].qs + 128 * h, s0[r]);
+        isum[r][j] = kdot64(isum[r][j], u1[r], y[j][i].qs + 128 * h + 64, s1[r]);
+      }
+    }
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+      const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(loadu256(y[j][i].bsums), sc16[r]), 5);
+      const __m512i fixed = _mm512_sub_epi32(isum[r][j], _mm512_zextsi256_si512(off));
+      acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fixed),
+                                  _mm512_set1_ps(y[j][i].d * h2f(x[r][i].d)), acc[r][j]);
+    }
+  }
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) s[j * bs + r] =
+      _mm512_reduce_add_ps(acc[r][j]);
+}
+X86_TILE_KERNEL_ROWS(q6_k)
+
 // --- install -----------------------------------------------------------------------------------
 
 void ac__quant_avx512_install(ac_type_traits_t *tab) {
-  // Start from the AVX2 kernels (F16's dot product among them, see the top of this file).
+  // Start from the AVX2 kernels; the shared ones are then replaced by this file's copies.
   ac__quant_avx2_install(tab);
   x86_install_shared(tab);
   tab[AC_TYPE_F32].vec_dot = f32_vec_dot;
   tab[AC_TYPE_F16].to_float = f16_to_float;
   tab[AC_TYPE_F16].from_float = f16_from_float;
   tab[AC_TYPE_BF16].vec_dot = bf16_vec_dot;
+  tab[AC_TYPE_BF16].vec_dot_4 = bf16_vec_dot_4;
   tab[AC_TYPE_Q4_1].to_float = q4_1_to_float;
   tab[AC_TYPE_Q8_0].to_float = q8_0_to_float;
   tab[AC_TYPE_Q8_K].from_float = q8_k_from_float;
   tab[AC_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
   tab[AC_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
+  tab[AC_TYPE_Q6_K].vec_dot_4 = q6_k_vec_dot_4;
 }

@@ -5,8 +5,9 @@
 // with its own instructions. Everything here is static, so each file compiles its own copy with
 // its own -m flags and installs that copy into its own table; no symbol is shared.
 //
-// The kernels here have the same shape in both sets, on 256-bit vectors: the 32-value block dot
-// products, the Q8_0 / Q8_1 activation quantizers and the Q4_K / Q5_K dot products. The sets
+// The kernels here have the same shape in both sets, on 256-bit vectors: the F16 and 32-value
+// block dot products, the Q8_0 / Q8_1 activation quantizers, the Q4_K / Q5_K dot products, and
+// the vec_dot_4 tiles of several of these (plus the helpers the ISA files' own tiles use). The sets
 // differ only in how u8 x s8 products are summed (vpmaddubsw + vpmaddwd on AVX2, VNNI's vpdpbusd
 // and vpdpwssd on AVX-512), how bits become +16 on bytes (a compare on AVX2, a mask register on
 // AVX-512) and how a block of floats is quantized (8 or 16 lanes). Those are the primitives.
@@ -79,6 +80,41 @@ static inline int hsum_epi32(__m256i v) {
 static inline __m256i nibbles32(const uint8_t *p) {
   const __m128i b = loadu128(p);
   return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+}
+
+// --- F16 ---------------------------------------------------------------------------------------
+// Both sets use 256-bit vectors: on Zen 4 vcvtph2ps on 512 bits converts half as many values per
+// cycle, and the 512-bit dot product was 1.5x slower.
+
+static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(loadu128(p)); }
+
+// The end of an F16 dot product, given the four partial sums a[k] (values 32m + 8k ...) over the
+// first n32 values: the rest of whole 8s into a[0] and the four sums added into one vector, to be
+// reduced by hsum_ps; then the last n % 8 values one by one onto the reduced sum.
+static inline __m256 f16_dot_vec(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const uint16_t *x,
+                                 const uint16_t *y, int64_t n32, int64_t n) {
+  for (int64_t i = n32; i + 8 <= n; i += 8)
+    a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+  return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+}
+
+static inline float f16_dot_tail(float sum, const uint16_t *x, const uint16_t *y, int64_t n) {
+  for (int64_t i = n / 8 * 8; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
+  return sum;
+}
+
+static void f16_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
+                        const void *restrict vy) {
+  const uint16_t *x = vx, *y = vy;
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+    a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
+    a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
+    a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
+  }
+  *s = f16_dot_tail(hsum_ps(f16_dot_vec(a0, a1, a2, a3, x, y, i, n)), x, y, n);
 }
 
 // --- 32-value blocks: dot products ---------------------------------------------------------------
@@ -373,18 +409,388 @@ static void q5_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = hsum_ps(acc) - hsum_ps(accm);
 }
 
+// --- tiles: vec_dot_4 ---------------------------------------------------------------------------
+// R weight rows (1 or 2) by 4 activation rows in one pass: each weight block is unpacked (and its
+// scales converted) once for the 4 activation rows, each activation block loaded once for the R
+// weight rows. Every pair keeps the accumulators its vec_dot above has, updated by the same
+// operations in the same order and reduced by the same additions, so it gets the same bits; only
+// the pairs are interleaved, and where two pairs' operations are lane-wise the same they may
+// share a vector. The row loops have constant bounds and are unrolled, which keeps the
+// accumulators in registers. Pair (r, j) is number 2j + r where the 8 pairs are handled together.
+
+#define X86_UNROLL _Pragma("GCC unroll 8")
+
+// The kernel of a type from its tile body, specialised for one and for two weight rows.
+#define X86_TILE_KERNEL(prefix)                                                             \
+  static void prefix##_vec_dot_4(int64_t n, int nr, float *restrict s, size_t bs,           \
+                                 const void *restrict x, size_t bx, const void *restrict y, \
+                                 size_t by) {                                               \
+    if (nr == 2)                                                                            \
+      prefix##_tile(n, 2, s, bs, x, bx, y, by);                                             \
+    else                                                                                    \
+      prefix##_tile(n, 1, s, bs, x, bx, y, by);                                             \
+  }
+
+// The same for tile bodies that measured no faster on two weight rows than on one (their
+// accumulators and unpacked levels outgrow the registers): two weight rows are two passes.
+#define X86_TILE_KERNEL_ROWS(prefix)                                                        \
+  static void prefix##_vec_dot_4(int64_t n, int nr, float *restrict s, size_t bs,           \
+                                 const void *restrict x, size_t bx, const void *restrict y, \
+                                 size_t by) {                                               \
+    for (int r = 0; r < nr; r++)                                                            \
+      prefix##_tile(n, 1, s + r, bs, (const uint8_t *)x + (size_t)r * bx, bx, y, by);       \
+  }
+
+static inline const void *row_at(const void *base, size_t stride, int k) {
+  return (const uint8_t *)base + (size_t)k * stride;
+}
+
+// hsum_ps of v[0..8) at once, by the same additions with the same operands first: lanes
+// [v0 v2 v4 v6 | v1 v3 v5 v7] of the result, that is lane 4r + j for pair (r, j) = v[2j + r].
+// hsum_ps adds the halves (lane k + lane k+4), then lanes 0+2 and 1+3, then those two.
+static inline __m256 hsum8_ps(const __m256 v[8]) {
+  __m256 h[4];
+  X86_UNROLL for (int p = 0; p < 4; p++) {
+    const __m256 lo = _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x20);
+    const __m256 hi = _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x31);
+    h[p] = _mm256_add_ps(lo, hi);  // [halves of v(2p) | of v(2p+1)]
+  }
+  __m256 q[2];
+  X86_UNROLL for (int p = 0; p < 2; p++) {
+    const __m256 a = _mm256_shuffle_ps(h[2 * p], h[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 b = _mm256_shuffle_ps(h[2 * p], h[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
+    q[p] = _mm256_add_ps(a, b);  // lanes 0+2, 1+3 of v(4p), v(4p+2) | v(4p+1), v(4p+3)
+  }
+  return _mm256_add_ps(_mm256_shuffle_ps(q[0], q[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm256_shuffle_ps(q[0], q[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// odd_lanes_sum of 8 four-lane vectors held in pairs m[j] = [pair (0, j) | pair (1, j)], in the
+// layout of hsum8_ps: lane 1 + lane 3 of each.
+static inline __m256 odd_lanes_sum8(const __m256 m[4]) {
+  const __m256 t0 = _mm256_shuffle_ps(m[0], m[1], _MM_SHUFFLE(3, 1, 3, 1));
+  const __m256 t1 = _mm256_shuffle_ps(m[2], m[3], _MM_SHUFFLE(3, 1, 3, 1));
+  return _mm256_add_ps(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// The 8 pair vectors of a tile for hsum8_ps; with one weight row, row 0 stands in for row 1.
+static inline void tile_pairs(const int R, __m256 acc[2][4], __m256 v[8]) {
+  X86_UNROLL for (int j = 0; j < 4; j++) {
+    v[2 * j] = acc[0][j];
+    v[2 * j + 1] = acc[R - 1][j];
+  }
+}
+
+// The leading halves of a block: d (Q4_0, Q8_0; a zero half above it) or d and m / d and s
+// (Q4_1, Q8_1), as pair_scales_d / pair_scales_dm take them.
+static inline uint32_t halves_d(const void *blk) {
+  uint16_t d;
+  memcpy(&d, blk, 2);
+  return d;
+}
+
+static inline uint32_t halves_dm(const void *blk) {
+  uint32_t u;
+  memcpy(&u, blk, 4);
+  return u;
+}
+
+// The halves of blocks a, b of each weight row as floats [row 0's | row 1's]: the x side of
+// pair_scales_d / pair_scales_dm. With one weight row, its halves twice.
+static inline __m256 tile_x_halves(const int R, const uint32_t a[2], const uint32_t b[2]) {
+  return _mm256_cvtph_ps(_mm_setr_epi32((int)a[0], (int)b[0], (int)a[R - 1], (int)b[R - 1]));
+}
+
+// The halves of two activation blocks, twice: the y side for both weight rows.
+static inline __m256 tile_y_halves(uint32_t a, uint32_t b) {
+  return _mm256_cvtph_ps(_mm_set1_epi64x((int64_t)((uint64_t)b << 32 | a)));
+}
+
+// pair_spread of weight row r's scale products in p = [row 0's | row 1's].
+static inline __m256 tile_spread(__m256 p, int r) {
+  return _mm256_permutevar8x32_ps(
+      p, _mm256_add_epi32(_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), _mm256_set1_epi32(4 * r)));
+}
+
+// F16 tiles keep 4 accumulators per pair, as f16_vec_dot does: 32 registers for 2 x 4 pairs, more
+// than either set has. So the tile goes over its rows in passes, each pass keeping only some of
+// the 4 accumulator columns (values 32m + 8k .. for k in the pass): F16_TILE_ACC accumulators,
+// 8 of AVX2's 16 registers or 16 of AVX-512's 32. A pass reads the rows again from L1, which
+// costs less than spilling accumulators; each accumulator still sees its values in the same order.
+// The passes are not inlined into the tile: inlined, the compiler kept the finished columns of
+// earlier passes in registers and spilled the next pass's accumulators instead.
+#if defined(__AVX512F__)
+#define F16_TILE_ACC 16
+#else
+#define F16_TILE_ACC 8
+#endif
+
+// Columns k0 .. k0 + KS - 1 of R x 4 pairs over the first n32 values (a multiple of 32), into
+// a[r][j][k0 + k].
+static inline __attribute__((always_inline)) void f16_tile_pass(int64_t n32, const int R,
+                                                                const uint16_t *const *x,
+                                                                const uint16_t *const *y, int k0,
+                                                                __m256 a[2][4][4]) {
+  const int KS = F16_TILE_ACC / (4 * R);
+  __m256 c[2][4][4];
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++)
+      X86_UNROLL for (int k = 0; k < KS; k++) c[r][j][k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n32; i += 32) {
+    X86_UNROLL for (int k = 0; k < KS; k++) {
+      const int64_t at = i + 8 * (k0 + k);
+      __m256 xv[2];
+      X86_UNROLL for (int r = 0; r < R; r++) xv[r] = load_f16x8(x[r] + at);
+      X86_UNROLL for (int j = 0; j < 4; j++) {
+        const __m256 yv = load_f16x8(y[j] + at);
+        X86_UNROLL for (int r = 0; r < R; r++) c[r][j][k] = _mm256_fmadd_ps(xv[r], yv, c[r][j][k]);
+      }
+    }
+  }
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++)
+      X86_UNROLL for (int k = 0; k < KS; k++) a[r][j][k0 + k] = c[r][j][k];
+}
+
+static __attribute__((noinline)) void f16_tile_pass1(int64_t n32, const uint16_t *const *x,
+                                                     const uint16_t *const *y, int k0,
+                                                     __m256 a[2][4][4]) {
+  f16_tile_pass(n32, 1, x, y, k0, a);
+}
+
+static __attribute__((noinline)) void f16_tile_pass2(int64_t n32, const uint16_t *const *x,
+                                                     const uint16_t *const *y, int k0,
+                                                     __m256 a[2][4][4]) {
+  f16_tile_pass(n32, 2, x, y, k0, a);
+}
+
+static inline __attribute__((always_inline)) void f16_tile(int64_t n, const int R, float *s,
+                                                           size_t bs, const void *vx, size_t bx,
+                                                           const void *vy, size_t by) {
+  const uint16_t *x[2], *y[4];
+  __m256 a[2][4][4], v[2][4], pairs[8];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  const int64_t n32 = n / 32 * 32;
+  for (int k0 = 0; k0 < 4; k0 += F16_TILE_ACC / (4 * R)) {
+    if (R == 2)
+      f16_tile_pass2(n32, x, y, k0, a);
+    else
+      f16_tile_pass1(n32, x, y, k0, a);
+  }
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) v[r][j] =
+      f16_dot_vec(a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], x[r], y[j], n32, n);
+  tile_pairs(R, v, pairs);
+  float t[8];
+  _mm256_storeu_ps(t, hsum8_ps(pairs));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) s[j * bs + r] =
+      f16_dot_tail(t[4 * r + j], x[r], y[j], n);
+}
+X86_TILE_KERNEL(f16)
+
+static inline __attribute__((always_inline)) void q4_0_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const ac_block_q4_0 *x[2];
+  const ac_block_q8_0 *y[4];
+  __m256 acc[2][4], pairs[8];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) acc[r][j] =
+      _mm256_setzero_ps();
+  const int64_t nb = n / AC_QK8_0;
+  const __m256i eight = _mm256_set1_epi8(8);
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    __m256i lo[2], hi[2];
+    uint32_t xa[2], xb[2];
+    X86_UNROLL for (int r = 0; r < R; r++) {
+      nibbles_pair(x[r][i].qs, x[r][i + 1].qs, &lo[r], &hi[r]);
+      xa[r] = halves_d(&x[r][i]);
+      xb[r] = halves_d(&x[r][i + 1]);
+    }
+    const __m256 xd = tile_x_halves(R, xa, xb);
+    X86_UNROLL for (int j = 0; j < 4; j++) {
+      __m256i ylo, yhi;
+      q8_pair(y[j][i].qs, y[j][i + 1].qs, &ylo, &yhi);
+      const __m256 p = _mm256_mul_ps(xd, tile_y_halves(halves_d(&y[j][i]), halves_d(&y[j][i + 1])));
+      X86_UNROLL for (int r = 0; r < R; r++) {
+        const __m256i d = dot_pairs_offset(lo[r], ylo, hi[r], yhi, eight);
+        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), tile_spread(p, r), acc[r][j]);
+      }
+    }
+  }
+  tile_pairs(R, acc, pairs);
+  float t[8];
+  _mm256_storeu_ps(t, hsum8_ps(pairs));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+    float sum = t[4 * r + j];
+    if (i < nb) sum += block_d(nibbles32(x[r][i].qs), 8, x[r][i].d, &y[j][i]);
+    s[j * bs + r] = sum;
+  }
+}
+X86_TILE_KERNEL(q4_0)
+
+static inline __attribute__((always_inline)) void q4_1_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const ac_block_q4_1 *x[2];
+  const ac_block_q8_1 *y[4];
+  __m256 acc[2][4], accm[4], pairs[8];  // accm[j]: pair_step_dm's minimum terms, [row 0 | row 1]
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int j = 0; j < 4; j++) {
+    X86_UNROLL for (int r = 0; r < R; r++) acc[r][j] = _mm256_setzero_ps();
+    accm[j] = _mm256_setzero_ps();
+  }
+  const int64_t nb = n / AC_QK8_1;
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    __m256i lo[2], hi[2];
+    uint32_t xa[2], xb[2];
+    X86_UNROLL for (int r = 0; r < R; r++) {
+      nibbles_pair(x[r][i].qs, x[r][i + 1].qs, &lo[r], &hi[r]);
+      xa[r] = halves_dm(&x[r][i]);
+      xb[r] = halves_dm(&x[r][i + 1]);
+    }
+    const __m256 xdm = tile_x_halves(R, xa, xb);
+    X86_UNROLL for (int j = 0; j < 4; j++) {
+      __m256i ylo, yhi;
+      q8_pair(y[j][i].qs, y[j][i + 1].qs, &ylo, &yhi);
+      const __m256 p =
+          _mm256_mul_ps(xdm, tile_y_halves(halves_dm(&y[j][i]), halves_dm(&y[j][i + 1])));
+      accm[j] = _mm256_add_ps(accm[j], p);
+      X86_UNROLL for (int r = 0; r < R; r++) {
+        const __m256i d = dot_pairs(lo[r], ylo, hi[r], yhi);
+        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), tile_spread(p, r), acc[r][j]);
+      }
+    }
+  }
+  tile_pairs(R, acc, pairs);
+  float t[8];
+  _mm256_storeu_ps(t, _mm256_add_ps(hsum8_ps(pairs), odd_lanes_sum8(accm)));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+    float sum = t[4 * r + j];
+    if (i < nb) sum += block_dm(nibbles32(x[r][i].qs), x[r][i].d, x[r][i].m, &y[j][i]);
+    s[j * bs + r] = sum;
+  }
+}
+X86_TILE_KERNEL(q4_1)
+
+static inline __attribute__((always_inline)) void q8_0_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const ac_block_q8_0 *x[2], *y[4];
+  __m256 acc[2][4], pairs[8];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) acc[r][j] =
+      _mm256_setzero_ps();
+  const int64_t nb = n / AC_QK8_0;
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    // |x| once per weight block; the sign moves onto each activation block (q8_0_block_dot).
+    __m256i qa[2], qb[2], ua[2], ub[2];
+    uint32_t xa[2], xb[2];
+    X86_UNROLL for (int r = 0; r < R; r++) {
+      qa[r] = loadu256(x[r][i].qs);
+      qb[r] = loadu256(x[r][i + 1].qs);
+      ua[r] = _mm256_abs_epi8(qa[r]);
+      ub[r] = _mm256_abs_epi8(qb[r]);
+      xa[r] = halves_d(&x[r][i]);
+      xb[r] = halves_d(&x[r][i + 1]);
+    }
+    const __m256 xd = tile_x_halves(R, xa, xb);
+    X86_UNROLL for (int j = 0; j < 4; j++) {
+      const __m256i ya = loadu256(y[j][i].qs), yb = loadu256(y[j][i + 1].qs);
+      const __m256 p = _mm256_mul_ps(xd, tile_y_halves(halves_d(&y[j][i]), halves_d(&y[j][i + 1])));
+      X86_UNROLL for (int r = 0; r < R; r++) {
+        // q8_0_vec_dot's lanes {0,1,4,5} are block a, {2,3,6,7} block b.
+        const __m256i d = _mm256_hadd_epi32(dot_u8s8(ua[r], _mm256_sign_epi8(ya, qa[r])),
+                                            dot_u8s8(ub[r], _mm256_sign_epi8(yb, qb[r])));
+        const __m256 sc = _mm256_permutevar8x32_ps(
+            p,
+            _mm256_add_epi32(_mm256_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2), _mm256_set1_epi32(4 * r)));
+        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, acc[r][j]);
+      }
+    }
+  }
+  tile_pairs(R, acc, pairs);
+  float t[8];
+  _mm256_storeu_ps(t, hsum8_ps(pairs));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+    float sum = t[4 * r + j];
+    if (i < nb)
+      sum += (float)hsum_epi32(q8_0_block_dot(x[r][i].qs, y[j][i].qs)) *
+             (h2f(x[r][i].d) * h2f(y[j][i].d));
+    s[j * bs + r] = sum;
+  }
+}
+X86_TILE_KERNEL(q8_0)
+
+// Q4_K: the levels of a 32-byte chunk (two sub-blocks) are unpacked once per weight row and
+// used for the 4 activation rows; each pair's integer sums and float accumulators are those of
+// q4_k_vec_dot.
+static inline __attribute__((always_inline)) void q4_k_tile(int64_t n, const int R, float *s,
+                                                            size_t bs, const void *vx, size_t bx,
+                                                            const void *vy, size_t by) {
+  const ac_block_q4_K *x[2];
+  const ac_block_q8_K *y[4];
+  __m256 acc[2][4], accm[2][4], pairs[8], pairs_m[8];
+  X86_UNROLL for (int r = 0; r < R; r++) x[r] = row_at(vx, bx, r);
+  X86_UNROLL for (int j = 0; j < 4; j++) y[j] = row_at(vy, by, j);
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) {
+    acc[r][j] = _mm256_setzero_ps();
+    accm[r][j] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t i = 0; i < n / AC_QK_K; i++) {
+    int16_t sc[2][8];
+    __m256i mins16[2], isum[2][4];
+    X86_UNROLL for (int r = 0; r < R; r++) k4_scales(x[r][i].scales, sc[r], &mins16[r]);
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) isum[r][j] =
+        _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+      __m256i lo[2], hi[2];
+      X86_UNROLL for (int r = 0; r < R; r++) {
+        const __m256i q = loadu256(x[r][i].qs + 32 * c);
+        lo[r] = _mm256_and_si256(q, m4);
+        hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      }
+      X86_UNROLL for (int j = 0; j < 4; j++) X86_UNROLL for (int r = 0; r < R; r++) {
+        isum[r][j] = kdot32(isum[r][j], lo[r], y[j][i].qs + 64 * c, sc[r][2 * c]);
+        isum[r][j] = kdot32(isum[r][j], hi[r], y[j][i].qs + 64 * c + 32, sc[r][2 * c + 1]);
+      }
+    }
+    X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) k_accumulate_dmin(
+        &acc[r][j], &accm[r][j], isum[r][j], mins16[r], &y[j][i], x[r][i].d, x[r][i].dmin);
+  }
+  tile_pairs(R, acc, pairs);
+  tile_pairs(R, accm, pairs_m);
+  float t[8];
+  _mm256_storeu_ps(t, _mm256_sub_ps(hsum8_ps(pairs), hsum8_ps(pairs_m)));
+  X86_UNROLL for (int r = 0; r < R; r++) X86_UNROLL for (int j = 0; j < 4; j++) s[j * bs + r] =
+      t[4 * r + j];
+}
+X86_TILE_KERNEL(q4_k)
+
 // --- install -----------------------------------------------------------------------------------
 
 // Puts this file's kernels into `tab`; each including file calls it from its install function.
 static void x86_install_shared(ac_type_traits_t *tab) {
+  tab[AC_TYPE_F16].vec_dot = f16_vec_dot;
+  tab[AC_TYPE_F16].vec_dot_4 = f16_vec_dot_4;
   tab[AC_TYPE_Q4_0].vec_dot = q4_0_vec_dot;
+  tab[AC_TYPE_Q4_0].vec_dot_4 = q4_0_vec_dot_4;
   tab[AC_TYPE_Q4_1].vec_dot = q4_1_vec_dot;
+  tab[AC_TYPE_Q4_1].vec_dot_4 = q4_1_vec_dot_4;
   tab[AC_TYPE_Q5_0].vec_dot = q5_0_vec_dot;
   tab[AC_TYPE_Q5_1].vec_dot = q5_1_vec_dot;
   tab[AC_TYPE_Q8_0].vec_dot = q8_0_vec_dot;
+  tab[AC_TYPE_Q8_0].vec_dot_4 = q8_0_vec_dot_4;
   tab[AC_TYPE_Q8_0].from_float = q8_0_from_float;
   tab[AC_TYPE_Q8_1].from_float = q8_1_from_float;
   tab[AC_TYPE_Q4_K].vec_dot = q4_k_vec_dot;
+  tab[AC_TYPE_Q4_K].vec_dot_4 = q4_k_vec_dot_4;
   tab[AC_TYPE_Q5_K].vec_dot = q5_k_vec_dot;
 }
 

@@ -8,6 +8,8 @@
 //   - every kernel set this CPU runs (ref, avx2, avx512), each checked against the _ref kernels:
 //     to_float bit-exact, from_float byte-exact, vec_dot within a stated tolerance, on random and
 //     adversarial inputs and on rows of 576, 1536 and other lengths (odd block counts included);
+//   - vec_dot_4 (tiles of 1-2 weight rows by 4 activation rows) of every set bit-identical to that
+//     set's vec_dot on each pair;
 //   - quantization error of dequant(quant(x)) per type, and vec_dot_ref against a double-precision
 //     dot product of the dequantized rows.
 // Exits non-zero if any check fails; prints "N passed, N failed" at the end.
@@ -152,6 +154,8 @@ static void test_traits_table(void) {
     const bool act_only = want[i].type == AC_TYPE_Q8_1 || want[i].type == AC_TYPE_Q8_K;
     CHECK(act_only ? (!t->vec_dot && !t->vec_dot_ref) : (t->vec_dot && t->vec_dot_ref),
           "%s vec_dot presence", want[i].name);
+    CHECK(act_only ? (!t->vec_dot_4 && !t->vec_dot_4_ref) : t->vec_dot_4_ref != NULL,
+          "%s vec_dot_4 presence", want[i].name);
     CHECK(!strcmp(ac_type_name(want[i].type), want[i].name), "ac_type_name(%s)", want[i].name);
     CHECK(ac_type_from_name(want[i].name) == (int)want[i].type, "from_name(%s)", want[i].name);
     // The public table is the kernel set in use.
@@ -185,8 +189,26 @@ static void test_traits_table(void) {
   CHECK(ac__quant_traits_for("sse9", AC_TYPE_Q4_1) == NULL && ac__quant_traits_for(NULL, 3) == NULL,
         "unknown set");
   const ac_type_traits_t *r = ac__quant_traits_for("ref", AC_TYPE_Q4_1);
-  CHECK(r && r->vec_dot == r->vec_dot_ref && r->to_float == r->to_float_ref,
+  CHECK(r && r->vec_dot == r->vec_dot_ref && r->to_float == r->to_float_ref &&
+            r->vec_dot_4 == r->vec_dot_4_ref,
         "the ref set uses the _ref kernels");
+  // The hot types of prefill have tiles in every set; a set's tile is never the reference one
+  // unless its vec_dot is the reference one too.
+  const ac_type_t tiled[] = {AC_TYPE_F16,  AC_TYPE_BF16, AC_TYPE_Q4_0, AC_TYPE_Q4_1,
+                             AC_TYPE_Q8_0, AC_TYPE_Q4_K, AC_TYPE_Q6_K};
+  for (int s = 0; s < 3; s++) {
+    for (size_t k = 0; k < sizeof tiled / sizeof tiled[0]; k++) {
+      const ac_type_traits_t *tt = ac__quant_traits_for(simd_sets[s], tiled[k]);
+      if (tt)
+        CHECK(tt->vec_dot_4 != NULL, "%s set has no vec_dot_4 for %s", simd_sets[s], tt->name);
+    }
+    for (int k = 0; k < N_TYPES; k++) {
+      const ac_type_traits_t *tt = ac__quant_traits_for(simd_sets[s], all_types[k]);
+      if (tt && tt->vec_dot_4 && tt->vec_dot_4 == tt->vec_dot_4_ref)
+        CHECK(tt->vec_dot == tt->vec_dot_ref, "%s %s: reference tile with a SIMD vec_dot",
+              simd_sets[s], tt->name);
+    }
+  }
 }
 
 // --- half and bfloat16 -------------------------------------------------------------------------
@@ -839,6 +861,80 @@ static void test_vec_dot_sets(void) {
   }
 }
 
+// vec_dot_4 of every set that has one gives, for every pair of its tile, the same bits as that
+// set's vec_dot on the pair: for one and two weight rows, on rows with odd block counts and float
+// rows with tails, with random and adversarial rows mixed within a tile (each activation row of a
+// tile another kind, inf and NaN scales included), and with row and output strides that are not
+// the rows' sizes. Output slots outside the tile must be left alone.
+static void test_vec_dot_4_sets(void) {
+  for (int s = 0; s < 3; s++) {
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+      const ac_type_t type = weight_types[ti];
+      const ac_type_traits_t *t = ac__quant_traits_for(simd_sets[s], type);
+      if (!t || !t->vec_dot_4) continue;
+      const ac_type_traits_t *vt = ac_type_traits(t->vec_dot_type);
+      int64_t lens[16];
+      int nl = 0;
+      if (t->blck_size == 1) {
+        const int64_t v[] = {32, 33, 40, 63, 96, 100, 576, 577, 1000, 1536, 4096};
+        for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) lens[nl++] = v[i];
+      } else {
+        // 1, 3, 5, ... blocks, then the model's rows and 4096.
+        const int64_t nbs[] = {1, 2, 3, 5, 9, 18, 19, 48, 65};
+        for (size_t i = 0; i < sizeof nbs / sizeof nbs[0]; i++)
+          if (nbs[i] * t->blck_size <= 4096) lens[nl++] = nbs[i] * t->blck_size;
+        if (lens[nl - 1] != 4096) lens[nl++] = 4096;
+      }
+      bool ok = true;
+      for (int li = 0; li < nl && ok; li++) {
+        const int64_t n = lens[li];
+        // Strides with a gap between rows; the last row ends where its allocation does, so
+        // that ASan sees a read past it.
+        const size_t wrow = ac_row_size(type, n), arow = ac_row_size(t->vec_dot_type, n);
+        const size_t bx = wrow + 24, by = arow + 40;
+        uint8_t *w = xmalloc(bx + wrow), *act = xmalloc(3 * by + arow);
+        float *x = xmalloc((size_t)n * 4);
+        for (int c = 0; c < IN_COUNT + 2 && ok; c++) {
+          // Weight row 0: random blocks (c >= IN_COUNT) or quantized from input kind c; row 1
+          // random. Activation row j: input kind c + j.
+          if (c >= IN_COUNT) {
+            fill_random_blocks(type, w, n);
+          } else {
+            fill_input(x, n, c);
+            t->from_float_ref(x, w, n);
+          }
+          fill_random_blocks(type, w + bx, n);
+          for (int j = 0; j < 4; j++) {
+            fill_input(x, n, (c + j) % IN_COUNT);
+            vt->from_float_ref(x, act + j * by, n);
+          }
+          for (int nr = 1; nr <= 2 && ok; nr++) {
+            // bs = 3: the tile's outputs are s[j * 3 + i]; slot 2 of each row stays untouched.
+            float got[12], want[12];
+            for (int k = 0; k < 12; k++) got[k] = want[k] = -0.0f;
+            t->vec_dot_4(n, nr, got, 3, w, bx, act, by);
+            for (int j = 0; j < 4; j++)
+              for (int i = 0; i < nr; i++)
+                t->vec_dot(n, &want[j * 3 + i], w + i * bx, act + j * by);
+            if (memcmp(got, want, sizeof got)) {
+              ok = false;
+              for (int k = 0; k < 12; k++)
+                if (f32_bits(got[k]) != f32_bits(want[k]))
+                  fprintf(stderr,
+                          "  %s %s vec_dot_4 n=%lld nr=%d case %d: s[%d] %.9g vs vec_dot %.9g\n",
+                          simd_sets[s], t->name, (long long)n, nr, c, k, got[k], want[k]);
+            }
+          }
+        }
+        free(w);
+        free(act);
+        free(x);
+      }
+      CHECK(ok, "%s vec_dot_4 of %s is not bit-identical to its vec_dot", simd_sets[s], t->name);
+    }
+  }
+}
+
 // vec_dot_ref computes the dot product of the dequantized rows: checked against a double sum
 // over to_float_ref of both rows. Only Q4_1 / Q5_1 differ by design: their minimum term uses
 // the activation block's s, a half, so the tolerance there allows half-precision rounding of s.
@@ -1005,6 +1101,7 @@ int main(void) {
   test_from_float_sets();
   test_activation_range();
   test_vec_dot_sets();
+  test_vec_dot_4_sets();
   test_vec_dot_ref_semantics();
   test_quantization_error();
   test_legacy_max_error();
