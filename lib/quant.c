@@ -23,9 +23,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "quant_impl.h"
+#include "quant_q2x.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -1147,8 +1149,14 @@ const char *ac_simd_name(void) {
   return simd_names[active];
 }
 
+// Our extension types live outside ggml's id range (see quant_q2x.h); they have their own rows.
+static const ac_type_traits_t *ext_traits(uint32_t type) {
+  return type == AC_TYPE_Q2X ? ac__q2x_traits() : NULL;
+}
+
 const ac_type_traits_t *ac_type_traits(uint32_t type) {
   ac_quant_init();
+  if (type == AC_TYPE_Q2X) return ext_traits(type);
   if (type >= AC_TYPE_COUNT || !simd_traits[active][type].name) return NULL;
   return &simd_traits[active][type];
 }
@@ -1157,6 +1165,7 @@ const ac_type_traits_t *ac__quant_traits_for(const char *simd, uint32_t type) {
   ac_quant_init();
   const int s = simd ? simd_from_name(simd) : -1;
   if (s < 0 || (ac__simd_t)s > cpu_best) return NULL;
+  if (type == AC_TYPE_Q2X) return ac__q2x_traits_for(simd);
   if (type >= AC_TYPE_COUNT || !simd_traits[s][type].name) return NULL;
   return &simd_traits[s][type];
 }
@@ -1165,11 +1174,13 @@ const ac_type_traits_t *ac__quant_traits_for(const char *simd, uint32_t type) {
 // These read only the constant part of the table, so they need no initialization.
 
 const char *ac_type_name(uint32_t type) {
+  if (type == AC_TYPE_Q2X) return ext_traits(type)->name;
   return type < AC_TYPE_COUNT ? ref_traits[type].name : NULL;
 }
 
 int ac_type_from_name(const char *name) {
   if (!name) return -1;
+  if (strcasecmp(name, ext_traits(AC_TYPE_Q2X)->name) == 0) return (int)AC_TYPE_Q2X;
   for (int t = 0; t < AC_TYPE_COUNT; t++) {
     const char *tn = ref_traits[t].name;
     if (!tn) continue;
@@ -1182,13 +1193,17 @@ int ac_type_from_name(const char *name) {
 }
 
 size_t ac_row_size(uint32_t type, int64_t ne0) {
-  if (type >= AC_TYPE_COUNT || !ref_traits[type].name || ne0 < 0) return 0;
-  const ac_type_traits_t *t = &ref_traits[type];
+  const ac_type_traits_t *t = ext_traits(type);
+  if (!t && (type >= AC_TYPE_COUNT || !ref_traits[type].name)) return 0;
+  if (!t) t = &ref_traits[type];
+  if (ne0 < 0) return 0;
   if (ne0 % t->blck_size != 0) return 0;
   return (size_t)(ne0 / t->blck_size) * t->type_size;
 }
 
 double ac_type_bpw(uint32_t type) {
-  if (type >= AC_TYPE_COUNT || !ref_traits[type].name) return 0;
-  return 8.0 * (double)ref_traits[type].type_size / (double)ref_traits[type].blck_size;
+  const ac_type_traits_t *t = ext_traits(type);
+  if (!t && (type >= AC_TYPE_COUNT || !ref_traits[type].name)) return 0;
+  if (!t) t = &ref_traits[type];
+  return 8.0 * (double)t->type_size / (double)t->blck_size;
 }

@@ -170,8 +170,11 @@ static void test_traits_table(void) {
             ac_type_from_name("") == -1 && ac_type_from_name(NULL) == -1,
         "unknown names");
   CHECK(ac_type_traits(4) == NULL && ac_type_traits(5) == NULL && ac_type_traits(16) == NULL &&
-            ac_type_traits(AC_TYPE_COUNT) == NULL && ac_type_traits(1000) == NULL,
+            ac_type_traits(AC_TYPE_COUNT) == NULL && ac_type_traits(1001) == NULL,
         "unknown ids have no traits");
+  CHECK(ac_type_traits(1000) && strcmp(ac_type_name(1000), "q2x") == 0 && ac_type_from_name("Q2X") == 1000 &&
+            ac_row_size(1000, 64) == 24,
+        "our q2x extension type is registered");
   CHECK(ac_type_name(4) == NULL && ac_type_name(99) == NULL, "unknown ids have no name");
   CHECK(ac_row_size(AC_TYPE_Q4_1, 576) == 18 * 20 && ac_row_size(AC_TYPE_Q8_0, 1536) == 48 * 34 &&
             ac_row_size(AC_TYPE_F16, 576) == 1152 && ac_row_size(AC_TYPE_Q4_K, 512) == 288,

@@ -20,6 +20,7 @@ static const struct {
     {"logits", acq_logits_main, "logits MODEL -p PROMPT -o OUT    logits at every position (raw float32)"},
     {"convert", acq_convert_main, "convert --llama2c|--hf|--gguf  write a GGUF model"},
     {"prune", acq_prune_main, "prune IN OUT --ffn R --heads R  remove FFN channels, head groups, layers"},
+    {"quantize", acq_quantize_main, "quantize IN OUT TYPE [-t N]     requantize a model (q8_0, q4_k, q2_k, q2x, ...)"},
     {"eval", acq_eval_main, "eval BASE VARIANT [TEXTFILE]    PPL, KL divergence, top-1 agreement vs a base"},
     {"lowrank", acq_lowrank_main, "lowrank IN OUT --rank R|--energy E  low-rank factors by truncated SVD"},
     {"tokenize", acq_tokenize_main, "tokenize MODEL -p TEXT          print token ids"},

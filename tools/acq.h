@@ -12,6 +12,7 @@ int acq_dump_main(int argc, char **argv);
 int acq_tokenize_main(int argc, char **argv);
 int acq_lowrank_main(int argc, char **argv);
 int acq_prune_main(int argc, char **argv);
+int acq_quantize_main(int argc, char **argv);
 int acq_eval_main(int argc, char **argv);
 
 // Prints "acq: <context>: <detail of the last libac error>" as one line and returns 1.

@@ -6,6 +6,7 @@
 #include "error.h"
 #include "gguf.h"
 #include "quant.h"
+#include "quant_q2x.h"
 
 // Prints a kv value on one line; long arrays are summarised.
 static void print_value(const ac_gguf_kv_t *kv) {
@@ -88,12 +89,16 @@ int acq_info_main(int argc, char **argv) {
   printf("\ntotal: %lld parameters, %zu bytes of tensors, %.3f bits per weight\n", (long long)params, bytes,
          params ? 8.0 * bytes / params : 0.0);
   // Our GGUF extensions: say so, since other readers will refuse the file.
-  int factored = 0;
+  int factored = 0, q2x = 0;
   for (int64_t i = 0; i < ac_gguf_n_tensors(g); i++) {
     const char *n = ac_gguf_tensor(g, i)->name;
+    q2x += ac_gguf_tensor(g, i)->type == AC_TYPE_Q2X;
     size_t len = strlen(n);
     factored += len > 5 && strcmp(n + len - 5, ".lr_a") == 0;
   }
+  if (q2x)
+    printf("extension: agentcompress q2x type (2-bit weights in 32-element blocks, %.1f bits per weight) in %d "
+           "tensors; llama.cpp cannot load this file\n", ac_type_bpw(AC_TYPE_Q2X), q2x);
   if (factored)
     printf("extension: agentcompress low-rank factors (%d matrices stored as X.lr_a, X.lr_b with W = B*A); "
            "llama.cpp cannot load this file\n", factored);
