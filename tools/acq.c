@@ -22,6 +22,7 @@ static const struct {
     {"prune", acq_prune_main, "prune IN OUT --ffn R --heads R  remove FFN channels, head groups, layers"},
     {"quantize", acq_quantize_main, "quantize IN OUT TYPE [-t N]     requantize a model (q8_0, q4_k, q2_k, q2x, ...)"},
     {"eval", acq_eval_main, "eval BASE VARIANT [TEXTFILE]    PPL, KL divergence, top-1 agreement vs a base"},
+    {"zoo", acq_zoo_main, "zoo BASE --out DIR [-t N]        build all variants and DIR/manifest.json"},
     {"lowrank", acq_lowrank_main, "lowrank IN OUT --rank R|--energy E  low-rank factors by truncated SVD"},
     {"tokenize", acq_tokenize_main, "tokenize MODEL -p TEXT          print token ids"},
     {"dump", acq_dump_main, "dump MODEL TENSOR -o OUT        write a tensor as raw float32"},

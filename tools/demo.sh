@@ -28,3 +28,7 @@ for v in Q4_1 F16; do
   run "$models/SmolLM2-135M-Instruct.$v.gguf" --chat -t "$threads" -n 96 \
     -p "Explain in two sentences why the sky is blue."
 done
+
+echo "== the compression zoo of SmolLM2 (all variants, quality vs f16, speed, modelled cost)"
+$acq zoo "$models/SmolLM2-135M-Instruct.Q4_1.gguf" --out "$AC_CACHE/zoo" -t "$threads"
+echo "manifest: $AC_CACHE/zoo/manifest.json"
