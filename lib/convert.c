@@ -8,38 +8,10 @@
 #include <string.h>
 
 #include "error.h"
+#include "file.h"
 #include "gguf.h"
 #include "quant.h"
 #include "tokenizer.h"
-
-// --- helpers ---------------------------------------------------------------------------------
-
-// Reads a whole file into memory.
-static int slurp(const char *path, uint8_t **data, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ac_error(AC_EIO, "cannot open '%s': %s", path, strerror(errno));
-  uint8_t *buf = NULL;
-  long n = -1;
-  if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-  if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-    fclose(f);
-    return ac_error(AC_EIO, "cannot read '%s'", path);
-  }
-  buf = malloc(n ? n : 1);
-  if (!buf) {
-    fclose(f);
-    return ac_error(AC_ENOMEM, "out of memory reading '%s'", path);
-  }
-  if (fread(buf, 1, n, f) != (size_t)n) {
-    free(buf);
-    fclose(f);
-    return ac_error(AC_EIO, "cannot read '%s'", path);
-  }
-  fclose(f);
-  *data = buf;
-  *len = n;
-  return 0;
-}
 
 // --- llama2.c --------------------------------------------------------------------------------
 
@@ -48,7 +20,7 @@ static int slurp(const char *path, uint8_t **data, size_t *len) {
 static int load_llama2c_tokenizer(const char *path, int32_t n_vocab, ac_gguf_writer_t *w) {
   uint8_t *data = NULL;
   size_t len = 0;
-  int rc = slurp(path, &data, &len);
+  int rc = ac_read_file(path, 0, (char **)&data, &len);
   if (rc) return rc;
   ac_str_t *toks = calloc(n_vocab, sizeof *toks);
   char **owned = calloc(n_vocab, sizeof *owned);
@@ -123,7 +95,7 @@ done:
 int ac_convert_llama2c(const char *ckpt_path, const char *tok_path, const char *out_path) {
   uint8_t *data = NULL;
   size_t len = 0;
-  int rc = slurp(ckpt_path, &data, &len);
+  int rc = ac_read_file(ckpt_path, 0, (char **)&data, &len);
   if (rc) return rc;
   ac_gguf_writer_t *w = ac_gguf_writer_new();
   if (!w) {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "file.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
@@ -287,33 +288,6 @@ static void observe(void *user, int l, ac_obs_point_t point, int n, int width, c
   }
 }
 
-// Reads at most `max` bytes of a text file: calibration uses the text's beginning, and a large
-// corpus need not be read and tokenized whole.
-static int read_text(const char *path, size_t max, char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ac_error(AC_EIO, "cannot open calibration text '%s': %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  while (buf) {
-    n += fread(buf + n, 1, cap - n - 1, f);
-    if (n < cap - 1 || n >= max) break;
-    char *b = realloc(buf, cap *= 2);
-    if (!b) free(buf);
-    buf = b;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (!buf) return ac_error(AC_ENOMEM, "out of memory reading '%s'", path);
-  if (err) {
-    free(buf);
-    return ac_error(AC_EIO, "cannot read calibration text '%s'", path);
-  }
-  buf[n] = 0;
-  *out = buf;
-  *len = n;
-  return 0;
-}
-
 static int calib_importance(const ac_model_t *m, const ac_prune_params_t *p, bool track_residual, scores_t *s,
                             ac_prune_report_t *rep) {
   const ac_hparams_t *hp = &m->hp;
@@ -327,7 +301,7 @@ static int calib_importance(const ac_model_t *m, const ac_prune_params_t *p, boo
   norms_t nrm = {0};
   // Tokens average about four bytes; 64 per token leaves room for any text.
   size_t want = (size_t)(p->calib_tokens > W ? p->calib_tokens : W);
-  int rc = read_text(p->calib_path, want * 64 + 4096, &text, &len);
+  int rc = ac_read_file(p->calib_path, want * 64 + 4096, &text, &len);
   if (rc) goto done;
   // Ids are written up to `cap`; a text needs at most one per byte, plus a few specials.
   int cap = (int)(len + 16 < (1u << 30) ? len + 16 : (1u << 30));

@@ -16,6 +16,7 @@
 #include "convert.h"
 #include "error.h"
 #include "eval.h"
+#include "file.h"
 #include "gguf.h"
 #include "lowrank.h"
 #include "model.h"
@@ -101,26 +102,6 @@ static int gsm8k_text(const char *name, int n, char **text, size_t *len) {
   if (rc) return rc;
   snprintf(path, sizeof path, "%s/data/gsm8k/%s", dir, name);
   return ac_eval_gsm8k_text(path, n, text, len);
-}
-
-static int read_all(const char *path, char **text, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ac_error(AC_EIO, "cannot open '%s': %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *b = malloc(cap);
-  while (b) {
-    n += fread(b + n, 1, cap - n - 1, f);
-    if (n < cap - 1) break;
-    char *nb = realloc(b, cap *= 2);
-    if (!nb) free(b);
-    b = nb;
-  }
-  fclose(f);
-  if (!b) return ac_error(AC_ENOMEM, "out of memory reading '%s'", path);
-  b[n] = 0;
-  *text = b;
-  *len = n;
-  return 0;
 }
 
 // --- measurements -------------------------------------------------------------------------------
@@ -396,7 +377,7 @@ int ac_zoo_build(const ac_zoo_params_t *p) {
 
   // Texts: calibration from GSM8K train problems, evaluation from GSM8K test problems, so the
   // pruning never sees what it is judged on.
-  if ((rc = p->eval_path ? read_all(p->eval_path, &eval_text, &eval_len) : gsm8k_text("test.jsonl", 40, &eval_text, &eval_len)))
+  if ((rc = p->eval_path ? ac_read_file(p->eval_path, 0, &eval_text, &eval_len) : gsm8k_text("test.jsonl", 40, &eval_text, &eval_len)))
     goto done;
   if (p->calib_path) snprintf(calib_path, sizeof calib_path, "%s", p->calib_path);
   else if ((rc = gsm8k_text("train.jsonl", 120, &calib_text, &calib_len)) ||

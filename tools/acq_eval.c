@@ -16,6 +16,7 @@
 
 #include "acq.h"
 #include "error.h"
+#include "file.h"
 #include "eval.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -51,37 +52,6 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int read_text(const char *path, char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ac_error(AC_EIO, "cannot open '%s': %s", path, strerror(errno));
-  char *buf = NULL;
-  size_t n = 0, cap = 0, r;
-  do {
-    if (n + 1 >= cap) {
-      cap = cap ? cap * 2 : 65536;
-      char *b = realloc(buf, cap);
-      if (!b) {
-        free(buf);
-        fclose(f);
-        return ac_error(AC_ENOMEM, "out of memory reading '%s'", path);
-      }
-      buf = b;
-    }
-    r = fread(buf + n, 1, cap - n - 1, f);
-    n += r;
-  } while (r > 0);
-  int err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return ac_error(AC_EIO, "cannot read '%s'", path);
-  }
-  buf[n] = 0;
-  *out = buf;
-  *len = n;
-  return 0;
 }
 
 // Tokenizes as `acq perplexity` does (no BOS, special-token text read as plain text); *ids is
@@ -163,7 +133,7 @@ int acq_eval_main(int argc, char **argv) {
   json_t *o = NULL;
   // The text first: a missing text file or data folder fails before minutes of model loading.
   if (text_path) {
-    if ((rc = read_text(text_path, &text, &len))) {
+    if ((rc = ac_read_file(text_path, 0, &text, &len))) {
       status = acq_fail("eval", rc);
       goto done;
     }

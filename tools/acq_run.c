@@ -11,6 +11,7 @@
 #include "acq.h"
 #include "chat.h"
 #include "error.h"
+#include "file.h"
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -19,31 +20,6 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int read_file(const char *path, char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ac_error(AC_EIO, "cannot open '%s': %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  while (buf) {
-    n += fread(buf + n, 1, cap - n - 1, f);
-    if (n < cap - 1) break;
-    char *b = realloc(buf, cap *= 2);
-    if (!b) free(buf);
-    buf = b;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (!buf) return ac_error(AC_ENOMEM, "out of memory reading '%s'", path);
-  if (err) {
-    free(buf);
-    return ac_error(AC_EIO, "cannot read '%s'", path);
-  }
-  buf[n] = 0;
-  *out = buf;
-  *len = n;
-  return 0;
 }
 
 // Tokenizes with a buffer that grows to fit.
@@ -150,7 +126,7 @@ int acq_run_main(int argc, char **argv) {
   }
   size_t plen = prompt ? strlen(prompt) : 0;
   if (prompt_file) {
-    if ((rc = read_file(prompt_file, &file_text, &plen))) {
+    if ((rc = ac_read_file(prompt_file, 0, &file_text, &plen))) {
       status = acq_fail("run", rc);
       goto done;
     }
@@ -309,7 +285,7 @@ int acq_perplexity_main(int argc, char **argv) {
     status = acq_fail(argv[optind], rc);
     goto done;
   }
-  if ((rc = read_file(argv[optind + 1], &text, &len)) ||
+  if ((rc = ac_read_file(argv[optind + 1], 0, &text, &len)) ||
       (rc = tokenize_all(m->tok, text, len, false, false, &ids, &n))) {
     status = acq_fail("perplexity", rc);
     goto done;

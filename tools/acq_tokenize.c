@@ -17,6 +17,7 @@
 #include "acq.h"
 #include "chat.h"
 #include "error.h"
+#include "file.h"
 #include "gguf.h"
 #include "tokenizer.h"
 
@@ -32,38 +33,6 @@ static void usage(FILE *f) {
           "                  format it with the model's chat template, ending with the\n"
           "                  assistant header\n"
           "  --print-prompt  with --chat: print the formatted prompt instead of its tokens\n");
-}
-
-// Reads a whole file; *out is malloc'ed.
-static int read_file(const char *path, char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ac_error(AC_EIO, "cannot open '%s': %s", path, strerror(errno));
-  char *buf = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : 65536;
-      char *q = realloc(buf, cap);
-      if (!q) {
-        free(buf);
-        fclose(f);
-        return ac_error(AC_ENOMEM, "out of memory reading '%s'", path);
-      }
-      buf = q;
-    }
-    size_t r = fread(buf + n, 1, cap - n, f);
-    n += r;
-    if (r == 0) break;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return ac_error(AC_EIO, "cannot read '%s'", path);
-  }
-  *out = buf;
-  *len = n;
-  return 0;
 }
 
 // Length of the valid UTF-8 sequence at s (n bytes left), or 0 if it is not one.
@@ -189,7 +158,7 @@ int acq_tokenize_main(int argc, char **argv) {
   int32_t *ids = NULL;
   size_t len = 0;
   if (file) {
-    if ((rc = read_file(file, &text, &len)) < 0) {
+    if ((rc = ac_read_file(file, 0, &text, &len)) < 0) {
       acq_fail("tokenize", rc);
       goto done;
     }
