@@ -800,17 +800,7 @@ static void qk_affine_quantize(const float *x, int nmax, uint16_t *hd, uint16_t 
   for (int j = 0; j < 8; j++) scales[j] = fit_affine(32, x + 32 * j, nmax, L + 32 * j, &mins[j]);
   *hd = ac_f32_to_f16(quantize_scales_unsigned(8, scales, 63, sq));
   *hdmin = ac_f32_to_f16(quantize_scales_unsigned(8, mins, 63, mq));
-  memset(packed, 0, AC_K_SCALE_SIZE);
-  for (int j = 0; j < 8; j++) {
-    if (j < 4) {
-      packed[j] |= sq[j];
-      packed[j + 4] |= mq[j];
-    } else {
-      packed[j + 4] = (uint8_t)((sq[j] & 0xF) | ((mq[j] & 0xF) << 4));
-      packed[j - 4] |= (uint8_t)((sq[j] >> 4) << 6);
-      packed[j] |= (uint8_t)((mq[j] >> 4) << 6);
-    }
-  }
+  ac__pack_scale_min_k4(sq, mq, packed);
   const float d = F16(*hd), dmin = F16(*hdmin);
   for (int j = 0; j < 8; j++) {
     const float dl = d * sq[j], ml = dmin * mq[j];

@@ -61,6 +61,21 @@ static inline void ac__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, ui
   }
 }
 
+// The inverse: packs 8 six-bit scales and mins into Q4_K / Q5_K's 12 bytes.
+static inline void ac__pack_scale_min_k4(const uint8_t sc[8], const uint8_t m[8], uint8_t *q) {
+  memset(q, 0, 12);
+  for (int j = 0; j < 8; j++) {
+    if (j < 4) {
+      q[j] |= sc[j];
+      q[j + 4] |= m[j];
+    } else {
+      q[j + 4] = (uint8_t)((sc[j] & 0xF) | ((m[j] & 0xF) << 4));
+      q[j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
+      q[j] |= (uint8_t)((m[j] >> 4) << 6);
+    }
+  }
+}
+
 // The same for all 8 sub-blocks at once, with 32-bit operations: w[0] = scales 0-3, w[1] =
 // scales 4-7, w[2] = mins 0-3, w[3] = mins 4-7, one byte each (little-endian order).
 static inline void ac__k4_scales_mins(const uint8_t *q, uint32_t w[4]) {

@@ -32,6 +32,7 @@
 #include "error.h"
 #include "quant.h"
 #include "quant_blocks.h"
+#include "quant_impl.h"
 #include "quant_q2x.h"
 
 // --- small helpers -----------------------------------------------------------------------------
@@ -614,21 +615,6 @@ static void make_q2_k(const float *x, void *vy, int64_t nb) {
   }
 }
 
-// The 12 bytes of Q4_K / Q5_K's 6-bit scales and mins (see ac__get_scale_min_k4).
-static void pack_k4_scales(const uint8_t *sc, const uint8_t *mc, uint8_t *p) {
-  memset(p, 0, AC_K_SCALE_SIZE);
-  for (int j = 0; j < 8; j++) {
-    if (j < 4) {
-      p[j] |= sc[j];
-      p[j + 4] |= mc[j];
-    } else {
-      p[j + 4] = (uint8_t)((sc[j] & 0xF) | ((mc[j] & 0xF) << 4));
-      p[j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
-      p[j] |= (uint8_t)((mc[j] >> 4) << 6);
-    }
-  }
-}
-
 static void make_q4_k(const float *x, void *vy, int64_t nb) {
   ac_block_q4_K *y = vy;
   kaffine_state_t st;
@@ -637,7 +623,7 @@ static void make_q4_k(const float *x, void *vy, int64_t nb) {
     const uint8_t *L = st.L;
     y[i].d = st.hd;
     y[i].dmin = st.hdmin;
-    pack_k4_scales(st.sc, st.mc, y[i].scales);
+    ac__pack_scale_min_k4(st.sc, st.mc, y[i].scales);
     for (int j = 0; j < 4; j++)
       for (int l = 0; l < 32; l++)
         y[i].qs[32 * j + l] = (uint8_t)(L[64 * j + l] | (L[64 * j + 32 + l] << 4));
@@ -652,7 +638,7 @@ static void make_q5_k(const float *x, void *vy, int64_t nb) {
     const uint8_t *L = st.L;
     y[i].d = st.hd;
     y[i].dmin = st.hdmin;
-    pack_k4_scales(st.sc, st.mc, y[i].scales);
+    ac__pack_scale_min_k4(st.sc, st.mc, y[i].scales);
     memset(y[i].qh, 0, sizeof y[i].qh);
     for (int j = 0; j < 4; j++)
       for (int l = 0; l < 32; l++) {
