@@ -13,6 +13,7 @@
 #include "error.h"
 #include "file.h"
 #include "model.h"
+#include "prompt.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -20,24 +21,6 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-// Tokenizes with a buffer that grows to fit.
-static int tokenize_all(const ac_tokenizer_t *tok, const char *text, size_t len, bool add_bos, bool special,
-                        int32_t **ids, int *n) {
-  int cap = (int)(len + 16 < 1 << 20 ? len + 16 : 1 << 20);
-  *ids = malloc(cap * sizeof **ids);
-  if (!*ids) return ac_error(AC_ENOMEM, "out of memory");
-  int rc = ac_tokenize(tok, text, len, add_bos, special, *ids, cap);
-  if (rc > cap) {
-    int32_t *b = realloc(*ids, rc * sizeof **ids);
-    if (!b) return ac_error(AC_ENOMEM, "out of memory");
-    *ids = b;
-    rc = ac_tokenize(tok, text, len, add_bos, special, *ids, rc);
-  }
-  if (rc < 0) return rc;
-  *n = rc;
-  return 0;
 }
 
 // Evaluates tokens[0..n) of sequence 0 in chunks of n_batch; logits of the last token land in
@@ -116,7 +99,7 @@ int acq_run_main(int argc, char **argv) {
   ac_ctx_t *ctx = NULL;
   ac_sampler_t *smp = NULL;
   ac_stopper_t *stop = NULL;
-  char *file_text = NULL, *chat_text = NULL;
+  char *file_text = NULL;
   int32_t *ids = NULL, *gen = NULL;
   float *logits = NULL;
   int status = 1, rc;
@@ -134,50 +117,13 @@ int acq_run_main(int argc, char **argv) {
   }
   if (!prompt) prompt = "";
   const ac_tokenizer_t *tok = m->tok;
-  bool add_bos = ac_tokenizer_add_bos(tok);
-  if (chat) {
-    ac_chat_kind_t kind;
-    if ((rc = ac_chat_detect(m->gguf, &kind))) {
-      status = acq_fail("run --chat", rc);
-      goto done;
-    }
-    ac_chat_msg_t msgs[2];
-    size_t nm = 0;
-    if (system) msgs[nm++] = (ac_chat_msg_t){"system", system};
-    msgs[nm++] = (ac_chat_msg_t){"user", prompt};
-    char *def_sys = NULL;
-    ac_str_t tmpl;
-    if (ac_gguf_get_str(m->gguf, "tokenizer.chat_template", &tmpl) == 0)
-      ac_chat_default_system(tmpl.ptr, tmpl.len, &def_sys);
-    rc = ac_chat_format(kind, msgs, nm, true, def_sys, &chat_text);
-    free(def_sys);
-    if (rc) {
-      status = acq_fail("run --chat", rc);
-      goto done;
-    }
-    prompt = chat_text;
-    plen = strlen(chat_text);
-    // Templates that spell out BOS themselves must not get a second one.
-    int32_t bos = ac_tokenizer_bos(tok);
-    const char *bos_text = bos >= 0 ? ac_tokenizer_token_text(tok, bos) : NULL;
-    if (bos_text && *bos_text && strncmp(prompt, bos_text, strlen(bos_text)) == 0) add_bos = false;
-  }
+  ac_chat_msg_t msgs[2];
+  size_t nm = 0;
+  if (system) msgs[nm++] = (ac_chat_msg_t){"system", system};
+  msgs[nm++] = (ac_chat_msg_t){"user", prompt};
   int n_prompt = 0;
-  if (plen == 0) {
-    // An empty prompt starts from BOS alone.
-    int32_t bos = ac_tokenizer_bos(tok);
-    if (bos < 0) {
-      fprintf(stderr, "acq: run: the prompt is empty and the model has no BOS token to start from\n");
-      goto done;
-    }
-    if (!(ids = malloc(sizeof *ids))) goto done;
-    ids[0] = bos;
-    n_prompt = 1;
-  } else if ((rc = tokenize_all(tok, prompt, plen, add_bos, true, &ids, &n_prompt))) {
-    status = acq_fail("run: tokenize", rc);
-    goto done;
-  } else if (n_prompt == 0) {
-    fprintf(stderr, "acq: run: the prompt has no tokens\n");
+  if ((rc = ac_prompt_tokens(m->gguf, tok, prompt, plen, chat, msgs, nm, &ids, &n_prompt))) {
+    status = acq_fail(chat ? "run --chat" : "run", rc);
     goto done;
   }
 
@@ -248,7 +194,6 @@ done:
   free(gen);
   free(ids);
   free(file_text);
-  free(chat_text);
   ac_stopper_destroy(&stop);
   ac_sampler_destroy(&smp);
   ac_ctx_destroy(&ctx);
@@ -286,7 +231,7 @@ int acq_perplexity_main(int argc, char **argv) {
     goto done;
   }
   if ((rc = ac_read_file(argv[optind + 1], 0, &text, &len)) ||
-      (rc = tokenize_all(m->tok, text, len, false, false, &ids, &n))) {
+      (rc = ac_tokenize_all(m->tok, text, len, false, false, &ids, &n))) {
     status = acq_fail("perplexity", rc);
     goto done;
   }
@@ -379,7 +324,7 @@ int acq_logits_main(int argc, char **argv) {
     goto done;
   }
   if (prompt) {
-    if ((rc = tokenize_all(m->tok, prompt, strlen(prompt), ac_tokenizer_add_bos(m->tok), true, &ids, &n))) {
+    if ((rc = ac_tokenize_all(m->tok, prompt, strlen(prompt), ac_tokenizer_add_bos(m->tok), true, &ids, &n))) {
       status = acq_fail("logits", rc);
       goto done;
     }
