@@ -25,7 +25,7 @@ def ours(model, threads, prompt_ids, n_gen):
     # acq run takes text: it gets the decoded prompt, which tokenizes back to the same ids.
     r = subprocess.run([str(BIN / "acq"), "run", str(model), "-f", "/dev/stdin", "-n", str(n_gen),
                         "-t", str(threads), "--ignore-eos"], input=ids_text_cache[model], capture_output=True,
-                       text=True, check=True)
+                       text=True, errors="replace", check=True)
     m = re.search(r"prefill (\d+) tokens in ([0-9.]+) ms \(([0-9.]+) tok/s\); decode (\d+) tokens in ([0-9.]+) ms \(([0-9.]+) tok/s\)", r.stderr)
     if not m:
         raise RuntimeError(r.stderr)
@@ -46,6 +46,18 @@ def theirs(llm, prompt_ids, n_gen):
 
 
 ids_text_cache = {}
+
+
+def bytes_per_token(model):
+    """Weight bytes one decode step reads: every tensor, except the token embedding when the
+    model has its own output matrix (then only one row of the embedding is read)."""
+    import gguf
+    r = gguf.GGUFReader(str(model))
+    names = {t.name: int(t.n_bytes) for t in r.tensors}
+    total = sum(names.values())
+    if "output.weight" in names:
+        total -= names.get("token_embd.weight", 0)
+    return total
 
 
 def main():
@@ -76,8 +88,7 @@ def main():
                 p, d = theirs(llm, prompt_ids, a.gen)
                 t_pf.append(p), t_dec.append(d)
             del llm
-            size = model.stat().st_size
-            bound = bw * 1e9 / size
+            bound = bw * 1e9 / bytes_per_token(model)
             med = statistics.median
             rows.append(dict(model=model.name, threads=th, ours_dec=med(o_dec), llama_dec=med(t_dec),
                              ours_pf=med(o_pf), llama_pf=med(t_pf), bound=bound, bw=bw, n_eval=n_eval))
