@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char last_msg[512];
 
@@ -23,7 +24,10 @@ const char *ac_strerror(int err) {
 int ac_error(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+  // Through a scratch buffer: callers may pass ac_errmsg() itself as an argument.
+  char tmp[sizeof last_msg];
+  vsnprintf(tmp, sizeof tmp, fmt, ap);
+  memcpy(last_msg, tmp, sizeof tmp);
   va_end(ap);
   return code;
 }

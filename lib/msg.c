@@ -14,6 +14,10 @@ int ac_msg_unpack(const void *data, size_t len, size_t max_bytes, ac_env_t **out
     return ac_error(AC_ERANGE, "message of %zu bytes is over the limit of %zu", len, max_bytes);
   ac_env_t *env = agentcompress__envelope__unpack(NULL, len, data);
   if (!env) return ac_error(AC_EFORMAT, "not a protobuf Envelope (%zu bytes)", len);
+  if (env->version == 0) {  // random bytes can parse as an empty message: not ours
+    agentcompress__envelope__free_unpacked(env, NULL);
+    return ac_error(AC_EFORMAT, "not an AgentCompress envelope (%zu bytes, no version)", len);
+  }
   if (env->version != AC_MSG_VERSION) {
     uint32_t v = env->version;
     agentcompress__envelope__free_unpacked(env, NULL);

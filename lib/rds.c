@@ -25,6 +25,7 @@ struct ac_rds {
 int ac_rds_new(const char *addr, const char *prefix, ac_rds_t **out) {
   *out = NULL;
   if (!addr || !*addr) addr = "127.0.0.1:6379";
+  const char *whole = addr;
   ac_rds_t *r = calloc(1, sizeof *r);
   if (!r) return ac_error(AC_ENOMEM, "out of memory");
   const char *colon = strrchr(addr, ':');
@@ -47,7 +48,7 @@ int ac_rds_new(const char *addr, const char *prefix, ac_rds_t **out) {
   return 0;
 bad:
   free(r);
-  return ac_error(AC_EINVAL, "bad Redis address '%s' (want host:port)", addr);
+  return ac_error(AC_EINVAL, "bad Redis address '%s' (want host:port)", whole);
 }
 
 void ac_rds_destroy(ac_rds_t **self_p) {
@@ -80,8 +81,7 @@ int ac_rds_connect(ac_rds_t *r) {
   struct timeval cmd = {1, 0};
   redisSetTimeout(c, cmd);
   redisEnableKeepAlive(c);
-  r->c = c;
-  r->backoff_ms = 100;
+  r->c = c;  // the backoff resets only when a command succeeds: a hung Redis accepts connections
   r->pipeline_broken = false;
   if (!r->was_connected) AC_INFO("redis %s: connected", r->addr);
   r->was_connected = true;
@@ -101,6 +101,7 @@ redisReply *ac_rds_cmd(ac_rds_t *r, const char *fmt, ...) {
   redisReply *rep = redisvCommand(r->c, fmt, ap);
   va_end(ap);
   if (!rep) drop(r, r->c->errstr);
+  else r->backoff_ms = 100;
   return rep;
 }
 
@@ -108,6 +109,7 @@ redisReply *ac_rds_cmdv(ac_rds_t *r, int argc, const char **argv, const size_t *
   if (!ready(r)) return NULL;
   redisReply *rep = redisCommandArgv(r->c, argc, argv, lens);
   if (!rep) drop(r, r->c->errstr);
+  else r->backoff_ms = 100;
   return rep;
 }
 
