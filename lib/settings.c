@@ -61,8 +61,9 @@ int ac_setting_check(const char *name, const char *value) {
 
 struct ac_config {
   char *val[N_SETTINGS];
+  char *base[N_SETTINGS];  // the value without Redis (default, env, flag): restored when the key is deleted
+  bool from_redis[N_SETTINGS];
   double num[N_SETTINGS];
-  bool fixed[N_SETTINGS];  // set by a flag: Redis overrides only runtime rows
   char warned[N_SETTINGS];
 };
 
@@ -73,6 +74,15 @@ static int put(ac_config_t *c, size_t i, const char *value) {
   c->val[i] = v;
   c->num[i] = table[i].is_string ? 0 : strtod(v, NULL);
   return 0;
+}
+
+// Sets both the current value and the base one (what a deleted Redis entry falls back to).
+static int put_base(ac_config_t *c, size_t i, const char *value) {
+  char *b = strdup(value);
+  if (!b) return ac_error(AC_ENOMEM, "out of memory");
+  free(c->base[i]);
+  c->base[i] = b;
+  return c->from_redis[i] ? 0 : put(c, i, value);
 }
 
 int ac_config_new(ac_config_t **out) {
@@ -87,7 +97,7 @@ int ac_config_new(ac_config_t **out) {
     const char *e = getenv(env);
     if (e && ac_setting_check(table[i].name, e) == 0) v = e;
     else if (e) AC_WARN("ignoring %s: %s", env, ac_errmsg());
-    if (put(c, i, v)) {
+    if (put_base(c, i, v)) {
       ac_config_destroy(&c);
       return AC_ENOMEM;
     }
@@ -99,7 +109,7 @@ int ac_config_new(ac_config_t **out) {
 void ac_config_destroy(ac_config_t **self_p) {
   ac_config_t *c = *self_p;
   if (!c) return;
-  for (size_t i = 0; i < N_SETTINGS; i++) free(c->val[i]);
+  for (size_t i = 0; i < N_SETTINGS; i++) free(c->val[i]), free(c->base[i]);
   free(c);
   *self_p = NULL;
 }
@@ -112,14 +122,14 @@ int ac_config_set_arg(ac_config_t *c, const char *arg) {
   int rc = ac_setting_check(name, eq + 1);
   if (rc) return rc;
   size_t i = (size_t)(ac_setting_find(name) - table);
-  c->fixed[i] = !table[i].runtime;
-  return put(c, i, eq + 1);
+  return put_base(c, i, eq + 1);
 }
 
 int ac_config_refresh(ac_config_t *c, ac_rds_t *r) {
   redisReply *rep = ac_rds_cmd(r, "HGETALL %sconfig", ac_rds_prefix(r));
   if (!rep) return AC_EIO;
   if (rep->type == REDIS_REPLY_ARRAY) {
+    bool seen[N_SETTINGS] = {false};
     for (size_t k = 0; k + 1 < rep->elements; k += 2) {
       const char *name = rep->element[k]->str, *value = rep->element[k + 1]->str;
       if (!name || !value) continue;
@@ -131,9 +141,19 @@ int ac_config_refresh(ac_config_t *c, ac_rds_t *r) {
         continue;
       }
       size_t i = (size_t)(s - table);
+      seen[i] = true;
+      c->from_redis[i] = true;
       if (!c->val[i] || strcmp(c->val[i], value) != 0) {
         AC_INFO("config %s = %s", name, value);
         put(c, i, value);
+      }
+    }
+    // An entry deleted from Redis gives the setting back its own value.
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+      if (c->from_redis[i] && !seen[i]) {
+        c->from_redis[i] = false;
+        AC_INFO("config %s = %s (no longer set in redis)", table[i].name, c->base[i]);
+        put(c, i, c->base[i]);
       }
     }
   }
