@@ -17,7 +17,8 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 # --- system packages ------------------------------------------------------------------------
 PKGS="build-essential cmake pkg-config git unzip ca-certificates python3 python3-venv python3-dev
-      libpcre2-dev libjansson-dev liblapacke-dev libssl-dev"
+      libpcre2-dev libjansson-dev liblapacke-dev libssl-dev
+      libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev redis-server"
 missing=$(for p in $PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   echo "setup: installing $missing" >&2

@@ -2,7 +2,8 @@
 # test.sh - set up (tools/setup.sh), build, and run the whole test suite with ctest; then build
 # again with AddressSanitizer + UndefinedBehaviorSanitizer and rerun the tests that exercise
 # memory safety: every C unit test and the tests that feed our parsers and engine real and
-# malformed input (GGUF files, tokenizers, the golden text, per-layer shapes, low-rank files).
+# malformed input (GGUF files, tokenizers, the golden text, per-layer shapes, low-rank files),
+# and the cluster end to end (garbage frames and 100 concurrent tasks against ASan daemons).
 # The long numeric pipelines (llama.cpp comparisons, quantize/prune/lowrank/zoo/eval runs) run
 # only in the first pass: they test numerics, and under the sanitizers they would triple CI time.
 set -euo pipefail
@@ -16,4 +17,4 @@ cmake -S . -B "$build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAC_ASAN=ON -DAC_
   -DAC_CACHE="$AC_CACHE" >/dev/null
 cmake --build "$build-asan" -j"$(nproc)"
 ctest --test-dir "$build-asan" --output-on-failure \
-  -R "^test_|bad_input|gguf_io|stories|tokenizer|quant_compat|per_layer_shapes|lowrank_format" "$@"
+  -R "^test_|bad_input|gguf_io|stories|tokenizer|quant_compat|per_layer_shapes|lowrank_format|py_test_cluster$" "$@"

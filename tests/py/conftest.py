@@ -41,3 +41,15 @@ def stories_gguf(tmp_path_factory):
     out = tmp_path_factory.mktemp("stories") / "stories260K.gguf"
     acq("convert", "--llama2c", STORIES / "stories260K.bin", "--tokenizer", STORIES / "tok512.bin", "-o", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def stories_zoo(stories_gguf, tmp_path_factory):
+    """A zoo directory of stories260K variants without a manifest: the catalog ranks them by size
+    (full F32 > int8 Q8_0 > int4 Q4_0). Small enough that cluster tests run in seconds."""
+    z = tmp_path_factory.mktemp("stories-zoo")
+    import shutil
+    shutil.copy(stories_gguf, z / "full.gguf")
+    acq("quantize", stories_gguf, z / "int8.gguf", "q8_0")
+    acq("quantize", stories_gguf, z / "int4.gguf", "q4_0")
+    return z
