@@ -326,6 +326,15 @@ uint32_t ac_gguf_version(const ac_gguf_t *g) { return g->version; }
 size_t ac_gguf_alignment(const ac_gguf_t *g) { return g->alignment; }
 size_t ac_gguf_file_size(const ac_gguf_t *g) { return g->size; }
 size_t ac_gguf_data_offset(const ac_gguf_t *g) { return g->data_offset; }
+
+size_t ac_gguf_make_resident(const ac_gguf_t *g) {
+  madvise((void *)g->map, g->size, MADV_WILLNEED);
+  const size_t page = 4096;
+  volatile uint8_t sink = 0;
+  for (size_t off = 0; off < g->size; off += page) sink ^= g->map[off];
+  (void)sink;
+  return g->size;
+}
 int64_t ac_gguf_n_kv(const ac_gguf_t *g) { return g->n_kv; }
 const ac_gguf_kv_t *ac_gguf_kv(const ac_gguf_t *g, int64_t i) { return i >= 0 && i < g->n_kv ? &g->kv[i] : NULL; }
 int64_t ac_gguf_n_tensors(const ac_gguf_t *g) { return g->n_tensors; }

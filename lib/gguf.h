@@ -82,6 +82,10 @@ uint32_t ac_gguf_version(const ac_gguf_t *g);
 size_t ac_gguf_alignment(const ac_gguf_t *g);
 size_t ac_gguf_file_size(const ac_gguf_t *g);
 size_t ac_gguf_data_offset(const ac_gguf_t *g);
+// Brings the whole file into memory now (read-ahead, then one read per page), so that the first
+// evaluation does not pay for page faults: a serving worker's "loaded" means resident.
+// Returns the bytes made resident.
+size_t ac_gguf_make_resident(const ac_gguf_t *g);
 
 int64_t ac_gguf_n_kv(const ac_gguf_t *g);
 const ac_gguf_kv_t *ac_gguf_kv(const ac_gguf_t *g, int64_t i);

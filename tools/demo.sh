@@ -32,3 +32,22 @@ done
 echo "== the compression zoo of SmolLM2 (all variants, quality vs f16, speed, modelled cost)"
 $acq zoo "$models/SmolLM2-135M-Instruct.Q4_1.gguf" --out "$AC_CACHE/zoo" -t "$threads"
 echo "manifest: $AC_CACHE/zoo/manifest.json"
+
+echo "== a local cluster on the zoo: redis, scheduler, router, 3 workers (f16, int8, int4)"
+bin=${AC_BUILD:-build}/bin
+rundir=$AC_CACHE/demo-cluster
+bash deploy/local/cluster.sh stop --dir "$rundir"
+bash deploy/local/cluster.sh start --zoo "$AC_CACHE/zoo" --workers 3 --variants f16,int8,int4 --dir "$rundir" \
+  --port 6390 --threads 1
+trap 'bash deploy/local/cluster.sh stop --dir "$rundir"; rm -f "$speed"' EXIT
+. "$rundir/env"
+for v in f16 int4; do
+  echo "-- acctl submit --chat --variant $v"
+  $bin/acctl submit --chat --variant "$v" -n 64 -p "Name three colours of the rainbow."
+  echo
+done
+echo "-- demand moves to int2, which no worker holds: the scheduler reloads the lowest-priority worker"
+for i in 1 2 3 4 5 6; do $bin/acctl submit --variant int2 -n 8 -p "2 + 2 =" >/dev/null; done
+sleep 3
+$bin/acctl status
+$bin/acctl stats

@@ -234,7 +234,7 @@ static void send_frames_error(worker_t *w, const ac_frames_t *f, const char *tas
 // --- the model -----------------------------------------------------------------------------------
 
 // Loads `name` from the catalog into w->model / w->srv (both NULL before). *load_ms receives the
-// time of ac_model_load + the context.
+// time of ac_model_load, making the weights resident, and the context.
 static int load_variant(worker_t *w, const char *name, double *load_ms) {
   *load_ms = 0;
   const ac_variant_t *v = ac_catalog_find(&w->cat, name);
@@ -253,6 +253,7 @@ static int load_variant(worker_t *w, const char *name, double *load_ms) {
     snprintf(why, sizeof why, "%s", ac_errmsg());
     return ac_error(rc, "variant '%s': %s", name, why);
   }
+  ac_gguf_make_resident(m->gguf);  // a reload ends when the weights are in memory, not at mmap
   ac_serve_params_t sp = {.slots = w->slots, .n_ctx = w->n_ctx, .n_threads = w->threads,
                           .prefill_chunk = w->prefill_chunk};
   if ((rc = ac_serve_new(m, sp, &srv))) {
