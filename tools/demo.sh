@@ -47,7 +47,16 @@ for v in f16 int4; do
   echo
 done
 echo "-- demand moves to int2, which no worker holds: the scheduler reloads the lowest-priority worker"
-for i in 1 2 3 4 5 6; do $bin/acctl submit --variant int2 -n 8 -p "2 + 2 =" >/dev/null; done
-sleep 3
+# The workers have just started; let the scheduler move them at once (default residency is 10 s).
+$bin/acctl policy set sched.min_residency_s 0
+for i in 1 2 3 4 5 6; do $bin/acctl submit --variant int2 -n 8 -p "2 + 2 =" >/dev/null 2>&1; done
+for _ in $(seq 100); do
+  $bin/acctl status --json | python3 -c 'import json, sys
+s = json.load(sys.stdin)
+sys.exit(not any(w["variant"] == "int2" and w["state"] == "ready" for w in s["workers"]))' && break
+  sleep 0.2
+done
+$bin/acctl submit --variant int2 -n 8 -p "2 + 2 ="
+echo
 $bin/acctl status
 $bin/acctl stats
