@@ -201,7 +201,9 @@ static int load_hparams(ac_model_t *m) {
   return 0;
 }
 
-int ac_model_load(const char *path, ac_model_t **out) {
+int ac_model_load(const char *path, ac_model_t **out) { return ac_model_load_reuse(path, NULL, out); }
+
+int ac_model_load_reuse(const char *path, ac_tokenizer_t *reuse, ac_model_t **out) {
   *out = NULL;
   ac_model_t *m = calloc(1, sizeof *m);
   if (!m) return ac_error(AC_ENOMEM, "out of memory");
@@ -262,7 +264,8 @@ int ac_model_load(const char *path, ac_model_t **out) {
     m->weight_bytes += t->nbytes;
     m->n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
   }
-  if ((rc = ac_tokenizer_from_gguf(m->gguf, &m->tok))) goto fail;
+  if (reuse && ac_tokenizer_matches(reuse, m->gguf)) m->tok = ac_tokenizer_ref(reuse);
+  else if ((rc = ac_tokenizer_from_gguf(m->gguf, &m->tok))) goto fail;
   if (ac_tokenizer_n_vocab(m->tok) > hp->n_vocab) {
     rc = ac_error(AC_EFORMAT, "tokenizer has %d tokens but the embedding only %d rows",
                   ac_tokenizer_n_vocab(m->tok), hp->n_vocab);

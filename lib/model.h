@@ -66,6 +66,9 @@ typedef struct ac_model {
 // Loads `path`. Every required key and tensor is checked (presence, shape, supported type); a
 // problem is an error whose ac_errmsg() names the key or tensor.
 int ac_model_load(const char *path, ac_model_t **out);
+// The same, taking a share of `reuse` (may be NULL) instead of building a tokenizer when the
+// file's tokenizer metadata is identical to the one `reuse` was built from.
+int ac_model_load_reuse(const char *path, ac_tokenizer_t *reuse, ac_model_t **out);
 void ac_model_destroy(ac_model_t **self_p);
 
 // --- contexts ------------------------------------------------------------------------------

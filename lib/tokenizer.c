@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "error.h"
 #include "log.h"
 
@@ -43,6 +45,8 @@ typedef struct {
 } merge_t;
 
 struct ac_tokenizer {
+  int refs;           // owners (ac_tokenizer_ref); freed when the last one lets go
+  uint8_t digest[32]; // SHA-256 of the tokenizer.* metadata it was built from (from_gguf only)
   ac_tok_kind_t kind;
   int32_t n_vocab;
   tok_t *toks;        // (n_vocab)
@@ -338,6 +342,7 @@ int ac__tokenizer_new(ac_tok_kind_t kind, const ac_str_t *tokens, const float *s
 
   ac_tokenizer_t *t = calloc(1, sizeof *t);
   if (!t) return ac_error(AC_ENOMEM, "tokenizer: out of memory");
+  t->refs = 1;
   t->kind = kind;
   t->n_vocab = n;
   t->add_space_prefix = true;
@@ -719,6 +724,7 @@ int ac_tokenizer_from_gguf(const ac_gguf_t *g, ac_tokenizer_t **out) {
   free(scores);
   free(types);
   free(merges);
+  ac_tokenizer_digest(g, t->digest);
   *out = t;
   return 0;
 
@@ -731,9 +737,55 @@ fail:
   return rc;
 }
 
+ac_tokenizer_t *ac_tokenizer_ref(ac_tokenizer_t *t) {
+  t->refs++;
+  return t;
+}
+
+// Key, type and value bytes of every tokenizer.* entry, in file order.
+void ac_tokenizer_digest(const ac_gguf_t *g, uint8_t out[32]) {
+  EVP_MD_CTX *h = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(h, EVP_sha256(), NULL);
+  for (int64_t i = 0; i < ac_gguf_n_kv(g); i++) {
+    const ac_gguf_kv_t *kv = ac_gguf_kv(g, i);
+    if (strncmp(kv->key, "tokenizer.", 10) != 0) continue;
+    EVP_DigestUpdate(h, kv->key, strlen(kv->key) + 1);
+    EVP_DigestUpdate(h, &kv->type, sizeof kv->type);
+    if (kv->type == AC_GGUF_STRING) {
+      EVP_DigestUpdate(h, &kv->v.str.len, sizeof kv->v.str.len);
+      EVP_DigestUpdate(h, kv->v.str.ptr, kv->v.str.len);
+    } else if (kv->type == AC_GGUF_ARRAY) {
+      EVP_DigestUpdate(h, &kv->arr_type, sizeof kv->arr_type);
+      EVP_DigestUpdate(h, &kv->arr_n, sizeof kv->arr_n);
+      if (kv->arr_type == AC_GGUF_STRING && kv->arr_n > 0) {
+        // The strings lie in the mapping as the file stores them, one after another, each after
+        // its 8-byte length: one range from the first length to the last byte covers them all.
+        const ac_str_t *strs = kv->arr_data;
+        const char *first = strs[0].ptr - sizeof(uint64_t), *end = strs[kv->arr_n - 1].ptr + strs[kv->arr_n - 1].len;
+        EVP_DigestUpdate(h, first, (size_t)(end - first));
+      } else if (kv->arr_type != AC_GGUF_STRING) {
+        EVP_DigestUpdate(h, kv->arr_data, kv->arr_n * ac_gguf_vtype_size(kv->arr_type));
+      }
+    } else {
+      EVP_DigestUpdate(h, &kv->v, sizeof kv->v);
+    }
+  }
+  unsigned len = 32;
+  EVP_DigestFinal_ex(h, out, &len);
+  EVP_MD_CTX_free(h);
+}
+
+bool ac_tokenizer_matches(const ac_tokenizer_t *t, const ac_gguf_t *g) {
+  uint8_t d[32];
+  ac_tokenizer_digest(g, d);
+  return memcmp(d, t->digest, sizeof d) == 0;
+}
+
 void ac_tokenizer_destroy(ac_tokenizer_t **self_p) {
   if (!self_p || !*self_p) return;
   ac_tokenizer_t *t = *self_p;
+  *self_p = NULL;
+  if (--t->refs > 0) return;
   for (int i = 0; i < t->n_re; i++) pcre2_code_free(t->re[i]);
   free(t->toks);
   free(t->text);

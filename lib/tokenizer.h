@@ -35,7 +35,15 @@ typedef struct ac_tokenizer ac_tokenizer_t;
 // Builds the tokenizer from the file's metadata. Missing or inconsistent keys, or an unknown
 // model / pre-tokenizer name, are clear errors (AC_ENOTFOUND / AC_EFORMAT / AC_EUNSUPPORTED).
 int ac_tokenizer_from_gguf(const ac_gguf_t *g, ac_tokenizer_t **out);
+// Drops one owner; the last one frees it.
 void ac_tokenizer_destroy(ac_tokenizer_t **self_p);
+// Adds an owner (not thread-safe: share between threads only what one thread created and frees).
+ac_tokenizer_t *ac_tokenizer_ref(ac_tokenizer_t *t);
+// SHA-256 over every tokenizer.* entry of the file: equal digests, equal tokenizers.
+void ac_tokenizer_digest(const ac_gguf_t *g, uint8_t out[32]);
+// Whether `t` was built from metadata identical to g's, so it can serve a model from g (the
+// variants of one base share their tokenizer; a reload then skips rebuilding it).
+bool ac_tokenizer_matches(const ac_tokenizer_t *t, const ac_gguf_t *g);
 
 ac_tok_kind_t ac_tokenizer_kind(const ac_tokenizer_t *t);
 int32_t ac_tokenizer_n_vocab(const ac_tokenizer_t *t);

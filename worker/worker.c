@@ -102,6 +102,7 @@ typedef struct {
   uint64_t variant_bytes;
   ac_model_t *model;
   ac_serve_t *srv;
+  ac_tokenizer_t *tok_keep;  // a share of the last tokenizer: variants of one base reuse it
 
   // Tasks.
   task_t **running;         // (slots) the task in each serve slot
@@ -247,11 +248,15 @@ static int load_variant(worker_t *w, const char *name, double *load_ms) {
   double t0 = ac_mono_ms();
   ac_model_t *m = NULL;
   ac_serve_t *srv = NULL;
-  int rc = ac_model_load(path, &m);
+  int rc = ac_model_load_reuse(path, w->tok_keep, &m);
   char why[1024];  // ac_error writes the buffer ac_errmsg reads: copy first
   if (rc) {
     snprintf(why, sizeof why, "%s", ac_errmsg());
     return ac_error(rc, "variant '%s': %s", name, why);
+  }
+  if (m->tok != w->tok_keep) {
+    ac_tokenizer_destroy(&w->tok_keep);
+    w->tok_keep = ac_tokenizer_ref(m->tok);
   }
   ac_gguf_make_resident(m->gguf);  // a reload ends when the weights are in memory, not at mmap
   ac_serve_params_t sp = {.slots = w->slots, .n_ctx = w->n_ctx, .n_threads = w->threads,
@@ -1031,6 +1036,8 @@ int main(int argc, char **argv) {
       admit(w);
     }
     now = ac_mono_ms();
+    // Heartbeat first: it may bring a reload command, which then starts in this same turn.
+    if (now >= w->next_hb) heartbeat(w), now = ac_mono_ms();
     if (w->have_reload && (n_running(w) == 0 || now >= w->reload.deadline)) do_reload(w);
     if (w->stopping && ((n_running(w) == 0 && w->n_queued == 0) || now >= w->stop_deadline)) {
       reject_queue(w, E(WORKER_LOST), "the worker shut down before the task started");
@@ -1038,7 +1045,6 @@ int main(int argc, char **argv) {
       status = 0;
       break;
     }
-    if (now >= w->next_hb) heartbeat(w);
   }
   wreg_stop(&w->reg, true);
   AC_INFO("worker %s: stopped after %llu tasks", w->id, (unsigned long long)w->tasks_done);
@@ -1053,6 +1059,7 @@ done:
   if (w->sock) zmq_close(w->sock);
   if (w->zctx) zmq_ctx_term(w->zctx);
   unload(w);
+  ac_tokenizer_destroy(&w->tok_keep);
   ac_catalog_free(&w->cat);
   ac_rds_destroy(&rds);
   ac_config_destroy(&cfg);
