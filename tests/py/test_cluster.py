@@ -1,8 +1,8 @@
 """The cluster end to end: real redis-server, real router, scheduler and workers on loopback,
 started by deploy/local/cluster.sh; an independent Python client (pyzmq + protobuf, code
 generated from our .proto by protoc) and acctl. Every answer is checked against `acq run`."""
-import concurrent.futures
 import itertools
+import time
 
 import pytest
 
@@ -14,7 +14,7 @@ N = 24
 
 @pytest.fixture(scope="module")
 def cl(stories_zoo):
-    c = Cluster(stories_zoo, workers=3, variants=["full", "int8", "int4"], slots=4).start()
+    c = Cluster(stories_zoo, workers=3, variants=["full", "int8", "int4"], slots=4, routers=2).start()
     yield c
     c.stop()
 
@@ -101,5 +101,64 @@ def test_bad_input_gets_a_clear_error_and_the_router_keeps_serving(cl, expected)
         tid = c.send_task(prompt=PROMPTS[1], max_tokens=N)
         env, _ = c.collect([tid])[tid]
         assert env.result.text == expected("full", PROMPTS[1])
+    finally:
+        c.close()
+
+
+def test_two_routers_serve_one_pool(cl, expected):
+    second = f"tcp://127.0.0.1:{cl.port + 2}"
+    clients = [Client(cl.router), Client(second)]
+    try:
+        ids = [[c.send_task(prompt=p, max_tokens=N, variant="int8") for p in PROMPTS] for c in clients]
+        for c, sent in zip(clients, ids):
+            got = c.collect(sent)
+            for tid, p in zip(sent, PROMPTS):
+                assert got[tid][0].result.text == expected("int8", p)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_deadline_and_cancel(cl):
+    P = pb()
+    c = Client(cl.router)
+    try:
+        tid = c.send_task(prompt=PROMPTS[0], max_tokens=480, ignore_eos=True, deadline_ms=5)
+        env, _ = c.collect([tid], timeout_s=30)[tid]
+        assert env.WhichOneof("body") == "error" and env.error.code == P.ERR_DEADLINE, env
+        tid = c.send_task(prompt=PROMPTS[0], max_tokens=480, ignore_eos=True, stream=True)
+        first = c.recv(30)
+        assert first.WhichOneof("body") == "chunk" and first.chunk.task_id == tid
+        c.sock.send(P.Envelope(version=1, cancel=P.Cancel(task_id=tid)).SerializeToString())
+        env, _ = c.collect([tid], timeout_s=30)[tid]
+        assert env.WhichOneof("body") == "error" and env.error.code == P.ERR_CANCELLED, env
+    finally:
+        c.close()
+
+
+def test_no_worker_times_out_and_a_full_queue_says_overloaded(cl, expected):
+    P = pb()
+    c = Client(cl.router)
+    try:
+        for w in ("w0", "w1", "w2"):
+            cl.acctl("drain", w)
+        cl.acctl("policy", "set", "router.queue_timeout_ms", "500")
+        cl.acctl("policy", "set", "router.max_queue", "2")
+        time.sleep(0.6)  # a heartbeat and a router tick carry the drain and the settings
+        ids = [c.send_task(prompt=PROMPTS[0], max_tokens=4) for _ in range(4)]
+        got = c.collect(ids, timeout_s=20)
+        codes = sorted(e.error.code for e, _ in got.values())
+        # Two wait in the queue until the timeout; the two that find it full are refused at once.
+        assert codes == sorted([P.ERR_OVERLOADED] * 2 + [P.ERR_NO_WORKER] * 2), codes
+        assert all(e.error.retriable for e, _ in got.values())
+    finally:
+        for w in ("w0", "w1", "w2"):
+            cl.acctl("undrain", w)
+        cl.acctl("policy", "reset", "router.queue_timeout_ms")
+        cl.acctl("policy", "reset", "router.max_queue")
+    time.sleep(0.6)
+    try:  # serving again
+        tid = c.send_task(prompt=PROMPTS[2], max_tokens=N)
+        assert c.collect([tid])[tid][0].result.text == expected("full", PROMPTS[2])
     finally:
         c.close()
