@@ -2,6 +2,7 @@
 #include "msg.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -89,6 +90,26 @@ const char *ac_msg_code_name(Agentcompress__ErrorCode code) {
   const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&agentcompress__error_code__descriptor, (int)code);
   if (!v) return "unknown";
   return v->name + 4;  // "ERR_OVERLOADED" -> "OVERLOADED"
+}
+
+const char *ac_msg_state_name(Agentcompress__WorkerState state) {
+  switch (state) {
+    case AGENTCOMPRESS__WORKER_STATE__WORKER_LOADING: return "loading";
+    case AGENTCOMPRESS__WORKER_STATE__WORKER_READY: return "ready";
+    case AGENTCOMPRESS__WORKER_STATE__WORKER_RELOADING: return "reloading";
+    case AGENTCOMPRESS__WORKER_STATE__WORKER_DRAINING: return "draining";
+    default: return "unknown";
+  }
+}
+
+void ac_msg_install_signals(void (*on_stop)(int)) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
 }
 
 int ac_frames_recv(void *sock, ac_frames_t *f) {

@@ -39,6 +39,12 @@ bool ac_msg_retriable(Agentcompress__ErrorCode code);
 // The code's name without its prefix ("OVERLOADED").
 const char *ac_msg_code_name(Agentcompress__ErrorCode code);
 
+// A worker state's name for people and JSON ("ready", "reloading", ...).
+const char *ac_msg_state_name(Agentcompress__WorkerState state);
+
+// Installs `on_stop` for SIGTERM and SIGINT and ignores SIGPIPE: what every daemon and acctl do.
+void ac_msg_install_signals(void (*on_stop)(int));
+
 // A received multi-frame message: routing frames, then the payload (the last frame).
 #define AC_MSG_MAX_PARTS 8
 typedef struct {

@@ -182,13 +182,7 @@ int main(int argc, char **argv) {
   if (open_front(R)) goto out;
   rt_workers_init(&R->wt, R->zctx, R->id);
 
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  ac_msg_install_signals(on_signal);
 
   rt_router_read_settings(R);
   AC_INFO("router %s listening on %s (redis %s, prefix %s, %d variants known)", R->id, R->listen,

@@ -685,7 +685,7 @@ static void on_admin(rt_router_t *R, const ac_frames_t *f, const Agentcompress__
       bool u = rt_worker_usable(w, now, R->timeout_ms);
       usable += u;
       json_array_append_new(ws, json_pack("{s:s, s:s, s:s, s:b, s:b, s:i, s:b}", "id", w->id, "variant", w->variant,
-                                          "state", rt_worker_state_name(w->state), "connected", w->connected, "usable",
+                                          "state", ac_msg_state_name(w->state), "connected", w->connected, "usable",
                                           u, "inflight", w->inflight, "drain", w->drain));
     }
     json_object_set_new(extra, "workers", ws);

@@ -291,12 +291,3 @@ double rt_worker_load(const rt_worker_t *w) {
   return ((double)w->busy + (double)w->queued + (double)w->inflight) / slots;
 }
 
-const char *rt_worker_state_name(int state) {
-  switch (state) {
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_LOADING: return "loading";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_READY: return "ready";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_RELOADING: return "reloading";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_DRAINING: return "draining";
-    default: return "unknown";
-  }
-}

@@ -98,6 +98,5 @@ bool rt_worker_stale(const rt_worker_t *w, double now, double timeout_ms);
 // Load relative to slots: (busy + queued + this router's in-flight) / slots.
 double rt_worker_load(const rt_worker_t *w);
 
-const char *rt_worker_state_name(int state);
 
 #endif

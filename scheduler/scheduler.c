@@ -98,16 +98,6 @@ static void on_signal(int sig) {
 
 // --- small helpers ------------------------------------------------------------------------------------
 
-static const char *state_name(Agentcompress__WorkerState s) {
-  switch (s) {
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_LOADING: return "loading";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_READY: return "ready";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_RELOADING: return "reloading";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_DRAINING: return "draining";
-    default: return "unknown";
-  }
-}
-
 static bool reply_ok(const redisReply *r) { return r && r->type != REDIS_REPLY_ERROR; }
 
 static void recent_outcome(sched_t *s, const char *id, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -562,7 +552,7 @@ static void publish(sched_t *s, const view_t *v, const ac_pl_params_t *pp, const
     for (int d = 0; d < ndec; d++)
       if (dec[d].worker == k) target = cat->v[dec[d].variant].name;
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:f}", "id", pw[k].id, "variant",
-                          wi->variant ? wi->variant : "", "state", state_name(wi->state), "target", target, "drained",
+                          wi->variant ? wi->variant : "", "state", ac_msg_state_name(wi->state), "target", target, "drained",
                           pw[k].drained, "cooldown", pw[k].cooldown, "capacity_bytes", (json_int_t)pw[k].capacity_bytes,
                           "resident_s",
                           pw[k].resident_since_ms && pw[k].resident_since_ms <= now_ms
@@ -784,13 +774,7 @@ int main(int argc, char **argv) {
   AC_INFO("ac-scheduler: %d variants from %s (reference %s), redis %s, prefix %s", s.cat.n, zoo, s.cat.reference,
           ac_rds_addr(s.rds), ac_rds_prefix(s.rds));
 
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  ac_msg_install_signals(on_signal);
 
   double next = ac_mono_ms();
   while (!stop_flag) {

@@ -209,16 +209,6 @@ static bool set_member(const redisReply *r, const char *name) {
   return false;
 }
 
-static const char *state_name(Agentcompress__WorkerState s) {
-  switch (s) {
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_LOADING: return "loading";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_READY: return "ready";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_RELOADING: return "reloading";
-    case AGENTCOMPRESS__WORKER_STATE__WORKER_DRAINING: return "draining";
-    default: return "unknown";
-  }
-}
-
 // --- status ----------------------------------------------------------------------------------------------
 
 typedef struct {
@@ -353,11 +343,11 @@ static int cmd_status(const opts_t *o, ac_rds_t *r, int what) {
     snprintf(note, sizeof note, "%s%s%s", drained ? "drained" : "", drained && cooldown ? ", " : "",
              cooldown ? "reload failed (cooldown)" : "");
     bool moving = target && wi->variant && strcmp(target, wi->variant) != 0;
-    tbl_row(&tw, w[i].id, *wi->variant ? wi->variant : "(none)", state_name(wi->state), slots, queued, tps, rl, hb,
+    tbl_row(&tw, w[i].id, *wi->variant ? wi->variant : "(none)", ac_msg_state_name(wi->state), slots, queued, tps, rl, hb,
             moving ? target : "-", note);
     json_t *jo = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:f, s:f, s:I, s:I, s:b, s:I, s:I, s:I, s:s?}", "id",
                           w[i].id, "endpoint", wi->endpoint ? wi->endpoint : "", "variant", wi->variant ? wi->variant : "",
-                          "state", state_name(wi->state), "slots", (int)wi->slots, "busy", (int)wi->busy, "queued",
+                          "state", ac_msg_state_name(wi->state), "slots", (int)wi->slots, "busy", (int)wi->busy, "queued",
                           (int)wi->queued, "tokens_per_s", wi->tokens_per_s, "last_reload_ms", wi->last_reload_ms,
                           "last_reload_at_ms", (json_int_t)wi->last_reload_at_ms, "heartbeat_age_ms",
                           (json_int_t)(age_s * 1000), "drained", drained, "capacity_bytes",

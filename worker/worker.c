@@ -966,13 +966,7 @@ int main(int argc, char **argv) {
     goto done;
   }
 
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  ac_msg_install_signals(on_signal);
 
   if ((rc = wreg_start(&rds, &cfg, w->id, &w->reg))) {
     fprintf(stderr, "ac-worker: %s\n", ac_errmsg());
