@@ -9,7 +9,7 @@
 // heartbeat (worker.timeout_ms) and the task is retried elsewhere. Every accepted task ends with
 // exactly one Result or Error.
 //
-// Everything shared lives in Redis, so any number of routers can serve one pool (docs/cluster.md).
+// Everything shared lives in Redis, so any number of routers can serve one pool (README: "Redis keys").
 // main.c parses the command line and sets up; policy.c chooses variants, workers.c keeps the
 // worker table, stats.c counts and writes to Redis, amap.c maps attempts to tasks.
 #include "router.h"

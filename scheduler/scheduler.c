@@ -1,7 +1,7 @@
 // scheduler.c - ac-scheduler: decides which worker holds which variant.
 //
 // Every sched.interval_ms it reads the cluster's state from Redis (workers, demand, pins,
-// drains, acks; docs/cluster.md has the keys), runs the pure placement decision
+// drains, acks; the README lists the keys), runs the pure placement decision
 // (lib/placement.h), pushes a ReloadCommand for each reload it decides, and writes what it saw
 // and decided to <prefix>sched for acctl. It also publishes the catalog (<prefix>catalog) every
 // tick, so a Redis that restarted empty has it again within one interval.

@@ -1,6 +1,6 @@
 // acctl.c - the operator's CLI for an AgentCompress cluster.
 //
-// Reads and writes the cluster's Redis keys (docs/cluster.md) for status, pins, drains, reloads,
+// Reads and writes the cluster's Redis keys (README: "Redis keys") for status, pins, drains, reloads,
 // settings and stats, and talks to a router over ZeroMQ to submit a task or ping it. Human
 // tables by default, JSON with --json. Exit status: 0 ok, 1 failure, 2 usage error, 3 the
 // router answered with a retriable error (submit).

@@ -3,7 +3,7 @@
 // One thread runs everything (the model's thread pool aside): it receives Tasks and Cancels,
 // admits tasks into the slots of a continuous-batching engine (lib/serve) or queues them, runs
 // one batched evaluation per loop turn, streams TokenChunks and sends each Result. Every
-// worker.heartbeat_ms it writes its state to Redis (docs/cluster.md), reads the operator's drain
+// worker.heartbeat_ms it writes its state to Redis (README: "Redis keys"), reads the operator's drain
 // set, and takes reload commands. Redis being away never stops it serving.
 //
 //   loop: poll the socket (0 ms while sequences run, else up to 20 ms)
