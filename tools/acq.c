@@ -26,6 +26,7 @@ static const struct {
     {"lowrank", acq_lowrank_main, "lowrank IN OUT --rank R|--energy E  low-rank factors by truncated SVD"},
     {"tokenize", acq_tokenize_main, "tokenize MODEL -p TEXT          print token ids"},
     {"dump", acq_dump_main, "dump MODEL TENSOR -o OUT        write a tensor as raw float32"},
+    {"label", acq_label_main, "label ZOO WORKLOAD -o LABELS     run every task on every variant, judge, record costs"},
 };
 
 int acq_fail(const char *context, int rc) {
