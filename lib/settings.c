@@ -15,6 +15,8 @@ static const ac_setting_t table[] = {
   // name                         runtime str   min     max      default   help
   {"policy",                      true,  true,  0, 0,            "full",   "how the router picks a variant: full (the reference variant), fixed (policy.variant), controller"},
   {"policy.variant",              true,  true,  0, 0,            "",       "the variant the fixed policy sends every task to"},
+  {"policy.conf_min",             true,  false, 0, 1,            "0.7",    "controller: below this confidence a task goes to the reference (full) variant"},
+  {"policy.theta",                true,  false, 0, 1,            "0.95",   "controller: the cheapest variant whose predicted success is at least this is chosen"},
   {"router.max_queue",            true,  false, 1, 1e6,          "1024",   "tasks a router holds waiting for a worker before answering OVERLOADED"},
   {"router.queue_timeout_ms",     true,  false, 10, 3.6e6,       "60000",  "longest a task waits for a worker holding a variant that can serve it"},
   {"router.default_max_tokens",   true,  false, 1, 1e6,          "256",    "max_tokens of a task that gives 0"},

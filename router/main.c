@@ -28,6 +28,8 @@ static void usage(FILE *f) {
           "  --zoo DIR            variants catalog when Redis has none; the tokenizer's default file\n"
           "  --tokenizer FILE     GGUF whose tokenizer and chat template are used (default: the\n"
           "                       reference variant's file in --zoo)\n"
+          "  --controller FILE    complexity controller (acq train-controller) for the policy\n"
+          "                       'controller'; trained on the tokenizer model's embeddings\n"
           "  --ctx N              context assumed before any worker reports its own (default 1024)\n"
           "  --drain-ms N         on SIGTERM, how long in-flight tasks may finish (default 3000)\n"
           "  --set NAME=VALUE     a setting (repeatable; see the settings table)\n"
@@ -63,7 +65,8 @@ static int open_front(rt_router_t *R) {
 
 int main(int argc, char **argv) {
   rt_router_t R_ = {0}, *R = &R_;
-  const char *redis = getenv("AC_REDIS"), *prefix = getenv("AC_PREFIX"), *zoo = NULL, *tokenizer = NULL;
+  const char *redis = getenv("AC_REDIS"), *prefix = getenv("AC_PREFIX"), *zoo = NULL, *tokenizer = NULL,
+             *controller = NULL;
   const char *listen = getenv("AC_ROUTER");
   char **sets = calloc((size_t)argc + 1, sizeof *sets);
   int n_sets = 0, status = 1;
@@ -72,14 +75,15 @@ int main(int argc, char **argv) {
   ac_log_set_level(AC_LOG_INFO);
   snprintf(R->id, sizeof R->id, "%s", "");
 
-  enum { O_LISTEN = 256, O_ID, O_REDIS, O_PREFIX, O_ZOO, O_TOK, O_CTX, O_DRAIN, O_SET, O_LEVEL, O_FORMAT };
+  enum { O_LISTEN = 256, O_ID, O_REDIS, O_PREFIX, O_ZOO, O_TOK, O_CTX, O_DRAIN, O_SET, O_LEVEL, O_FORMAT, O_CTRL };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN}, {"id", required_argument, 0, O_ID},
       {"redis", required_argument, 0, O_REDIS},   {"prefix", required_argument, 0, O_PREFIX},
       {"zoo", required_argument, 0, O_ZOO},       {"tokenizer", required_argument, 0, O_TOK},
       {"ctx", required_argument, 0, O_CTX},       {"drain-ms", required_argument, 0, O_DRAIN},
       {"set", required_argument, 0, O_SET},       {"log-level", required_argument, 0, O_LEVEL},
-      {"log-format", required_argument, 0, O_FORMAT}, {"help", no_argument, 0, 'h'},
+      {"log-format", required_argument, 0, O_FORMAT}, {"controller", required_argument, 0, O_CTRL},
+      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -97,6 +101,7 @@ int main(int argc, char **argv) {
       case O_PREFIX: prefix = optarg; break;
       case O_ZOO: zoo = optarg; break;
       case O_TOK: tokenizer = optarg; break;
+      case O_CTRL: controller = optarg; break;
       case O_CTX:
         R->ctx_default = (int)strtol(optarg, &end, 10);
         if (*end || R->ctx_default < 2 || R->ctx_default > (1 << 24)) {
@@ -173,6 +178,16 @@ int main(int argc, char **argv) {
     if (!ref || load_tokenizer(R, path)) goto out;
   } else {
     AC_WARN("no --tokenizer and no --zoo: prompts go to workers as text, unchecked against the context");
+  }
+  if (controller) {
+    if (!R->gguf) {
+      fprintf(stderr, "ac-router: --controller needs the model it was trained on: give --zoo or --tokenizer\n");
+      goto out;
+    }
+    if (ac_policy_controller_load(controller, R->gguf)) {
+      fprintf(stderr, "ac-router: --controller: %s\n", ac_errmsg());
+      goto out;
+    }
   }
   if (rt_stats_new(&R->stats)) goto out;
   if (!(R->zctx = zmq_ctx_new())) {

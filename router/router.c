@@ -476,7 +476,22 @@ static int context_limit(const rt_router_t *R) {
 
 static void choose(rt_router_t *R, const rt_task_t *t, ac_choice_t *out) {
   ac_policy_t *p = R->policy;
-  int rc = p ? p->choose(p, t->ids, t->n_ids, &R->cat, R->cfg, out) : AC_ENOTFOUND;
+  const Agentcompress__Task *in = t->env->task;
+  const int32_t *ids = t->ids;
+  int n_ids = t->n_ids, rc = 0;
+  int32_t *text_ids = NULL;
+  if (p && p->text_ids && in->n_messages && R->tok) {
+    // A chat: the policy reads the messages' text without the chat template (policy.h).
+    ac_chat_msg_t *msgs = malloc(in->n_messages * sizeof *msgs);
+    if (!msgs) rc = ac_error(AC_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < in->n_messages; i++)
+      msgs[i] = (ac_chat_msg_t){in->messages[i]->role, in->messages[i]->content ? in->messages[i]->content : ""};
+    if (!rc) rc = ac_policy_chat_ids(R->tok, msgs, in->n_messages, &text_ids, &n_ids);
+    free(msgs);
+    ids = text_ids;
+  }
+  if (!rc) rc = p ? p->choose(p, ids, n_ids, &R->cat, R->cfg, out) : AC_ENOTFOUND;
+  free(text_ids);
   if (rc == 0) return;
   char why[320];
   snprintf(why, sizeof why, "%s", p ? ac_errmsg() : "unknown policy");
@@ -630,6 +645,8 @@ static void on_task(rt_router_t *R, const ac_frames_t *f, ac_env_t *env, double 
   t->seq = ++R->seq;
   if (forced[0]) ac_policy_forced(forced, &t->choice);
   else choose(R, t, &t->choice);
+  AC_DEBUG("task %s: policy %s chose '%s' (complexity %.3f, confidence %.3f)", cid, t->choice.policy,
+           t->choice.variant, (double)t->choice.complexity, (double)t->choice.confidence);
   if (in->deadline_ms) {
     t->deadline = received + in->deadline_ms;
     set_timer(R, t->deadline);

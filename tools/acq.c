@@ -26,6 +26,8 @@ static const struct {
     {"lowrank", acq_lowrank_main, "lowrank IN OUT --rank R|--energy E  low-rank factors by truncated SVD"},
     {"tokenize", acq_tokenize_main, "tokenize MODEL -p TEXT          print token ids"},
     {"dump", acq_dump_main, "dump MODEL TENSOR -o OUT        write a tensor as raw float32"},
+    {"train-controller", acq_train_controller_main,
+     "train-controller LABELS -o CTRL --zoo DIR --workload W  train the complexity controller"},
     {"label", acq_label_main, "label ZOO WORKLOAD -o LABELS     run every task on every variant, judge, record costs"},
 };
 

@@ -15,6 +15,7 @@ int acq_prune_main(int argc, char **argv);
 int acq_quantize_main(int argc, char **argv);
 int acq_eval_main(int argc, char **argv);
 int acq_zoo_main(int argc, char **argv);
+int acq_train_controller_main(int argc, char **argv);
 int acq_label_main(int argc, char **argv);
 
 // Prints "acq: <context>: <detail of the last libac error>" as one line and returns 1.

@@ -4,6 +4,7 @@
 #
 #   deploy/local/cluster.sh start [--zoo DIR] [--workers N] [--variants a,b,c] [--dir RUNDIR]
 #                                 [--port BASE] [--slots S] [--threads T] [--ctx C] [--routers R]
+#                                 [--controller FILE]   (routers load it and use policy controller)
 #   deploy/local/cluster.sh stop   [--dir RUNDIR]     # stops everything and removes RUNDIR
 #   deploy/local/cluster.sh status [--dir RUNDIR]     # acctl status against it
 #
@@ -19,6 +20,7 @@ bin=${AC_BIN:-build/bin}
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 zoo=$AC_CACHE/zoo workers=3 variants="" dir=$AC_CACHE/cluster port=6390 slots=4 threads=1 ctx=1024 routers=1
+controller=""
 while [ $# -gt 0 ]; do
   case $1 in
     --zoo) zoo=$2; shift 2 ;;
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --routers) routers=$2; shift 2 ;;
+    --controller) controller=$2; shift 2 ;;
     *) echo "cluster.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +58,7 @@ case $cmd in
   stop) stop; exit 0 ;;
   status) . "$dir/env"; exec "$bin/acctl" status ;;
   start) ;;
-  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac
 
 [ -d "$zoo" ] || { echo "cluster.sh: zoo directory $zoo not found (build one: acq zoo BASE --out DIR)" >&2; exit 1; }
@@ -86,6 +89,11 @@ PY
 )
 fi
 IFS=, read -r -a vlist <<<"$variants"
+router_args=()
+if [ -n "$controller" ]; then
+  [ -f "$controller" ] || { echo "cluster.sh: controller file $controller not found" >&2; exit 1; }
+  router_args=(--controller "$controller" --set policy=controller)
+fi
 
 redis_addr=127.0.0.1:$port
 prefix=ac:
@@ -113,7 +121,7 @@ for i in $(seq 0 $((workers - 1))); do
 done
 for r in $(seq 0 $((routers - 1))); do
   "$bin/ac-router" --id "r$r" --listen "tcp://127.0.0.1:$((port + 1 + r))" --zoo "$zoo" --redis "$redis_addr" \
-    --ctx "$ctx" >"$dir/router.r$r.log" 2>&1 &
+    --ctx "$ctx" "${router_args[@]}" >"$dir/router.r$r.log" 2>&1 &
   echo $! >"$dir/pid.router.r$r"
 done
 
