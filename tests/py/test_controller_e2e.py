@@ -1,0 +1,64 @@
+"""The controller pipeline end to end on real runs of the demo model: a generated workload, a small
+zoo of SmolLM2 (F16, Q8_0, Q4_1), `acq label` running every task on every variant, `acq
+train-controller` on those labels, and `acbench` replaying the policies into a report. Short, so
+it fits in CI; the numbers it checks are the ones that hold by construction on real labels."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BIN, acq
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+WORKFLOWS = 3
+
+
+@pytest.fixture(scope="module")
+def mini_zoo(smollm_q4_1, smollm_f16, tmp_path_factory):
+    z = tmp_path_factory.mktemp("smol-zoo")
+    shutil.copy(smollm_f16, z / "f16.gguf")
+    shutil.copy(smollm_q4_1, z / "int4.gguf")
+    acq("quantize", smollm_f16, z / "int8.gguf", "q8_0", "-t", "2")
+    return z
+
+
+@pytest.fixture(scope="module")
+def run(mini_zoo, tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    wl, labels, ctrl, out = d / "w.jsonl", d / "labels.jsonl", d / "ctrl.acc", d / "report"
+    subprocess.run([sys.executable, str(ROOT / "bench/workloads/generate.py"), "--workflows", str(WORKFLOWS),
+                    "-o", str(wl)], check=True, timeout=60)
+    acq("label", mini_zoo, wl, "-o", labels, "-t", "2", "--slots", "8", timeout=900)
+    acq("train-controller", labels, "-o", ctrl, "--zoo", mini_zoo, "--workload", wl, "--steps", "30",
+        "--seed", "1", timeout=600)
+    r = subprocess.run([str(BIN / "acbench"), "--labels", str(labels), "--workload", str(wl), "--zoo", str(mini_zoo),
+                        "--controller", str(ctrl), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return dict(wl=wl, labels=labels, out=out, table=r.stdout)
+
+
+def test_labels_cover_every_task_and_variant(run):
+    lines = run["labels"].read_text().splitlines()
+    head, rows = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    n_tasks = len(run["wl"].read_text().splitlines()) - 1
+    assert head["format"] == "agentcompress-labels" and head["reference"] == "f16"
+    assert len(rows) == 3 * n_tasks
+    assert all(r["success"] for r in rows if r["variant"] == "f16")  # the reference agrees with itself
+    assert all(r["measured_cost_usd"] > 0 and r["completion_tokens"] > 0 for r in rows)
+
+
+def test_acbench_reports_every_policy_from_the_real_run(run):
+    rep = json.loads((run["out"] / "report.json").read_text())
+    pol = {p["name"]: p for p in rep["policies"]}
+    assert {"all-full", "oracle", "random", "uniform-int8", "uniform-int4", "ctrl"} <= set(pol)
+    full, oracle, ctrl = pol["all-full"], pol["oracle"], pol["ctrl"]
+    assert full["success_pct"] == 100.0 and full["savings_modelled_pct"] == 0.0
+    assert oracle["success_pct"] == 100.0  # the oracle only picks variants that succeeded
+    assert oracle["modelled_cost_usd"] <= ctrl["modelled_cost_usd"] * (1 + 1e-9)
+    assert ctrl["modelled_cost_usd"] <= full["modelled_cost_usd"] * (1 + 1e-9)
+    assert sum(ctrl["choices"].values()) == ctrl["tasks"] == full["tasks"]
+    for f in ("report.md", "cost_vs_success.svg"):
+        assert (run["out"] / f).stat().st_size > 0
+    assert "oracle" in run["table"] and "ctrl" in run["table"]
