@@ -179,7 +179,8 @@ static int batch_loss(ac_ctrl_t *c, const ac_ctrl_batch_t *b, const ac_ctrl_loss
   int err = ac_ctrl_forward(c, b->ids, b->lens, B, &o);
   if (err) return err;
   if (B > c->dbuf_B) {
-    float *d = malloc((size_t)B * (3 + 2 * C + 2 * V) * sizeof(float));
+    // d_cx, t_cx (B); d_pol, d_cost (B x C); d_suc, t_suc (B x V); d_ce (one row of C).
+    float *d = malloc(((size_t)B * (2 + 2 * C + 2 * V) + (size_t)C) * sizeof(float));
     float *gb = malloc((size_t)B * C * sizeof(float));
     if (!d || !gb) {
       free(d);

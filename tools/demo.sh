@@ -60,3 +60,14 @@ $bin/acctl submit --variant int2 -n 8 -p "2 + 2 ="
 echo
 $bin/acctl status
 $bin/acctl stats
+
+echo "== the complexity controller on a short real run: workload -> labels -> controller -> acbench"
+ctl=$AC_CACHE/demo-controller
+mkdir -p "$ctl"
+python3 bench/workloads/generate.py --workflows 4 -o "$ctl/workload.jsonl"
+$acq label "$AC_CACHE/zoo" "$ctl/workload.jsonl" -o "$ctl/labels.jsonl" -t "$threads" --slots 8
+$acq train-controller "$ctl/labels.jsonl" -o "$ctl/ctrl.acc" --zoo "$AC_CACHE/zoo" --workload "$ctl/workload.jsonl" \
+  --steps 100 --quiet
+$bin/acbench --labels "$ctl/labels.jsonl" --workload "$ctl/workload.jsonl" --zoo "$AC_CACHE/zoo" \
+  --controller "$ctl/ctrl.acc" --out "$ctl/report"
+echo "report: $ctl/report/report.md (plot: cost_vs_success.svg)"
