@@ -5,6 +5,8 @@
 //   stream  GB/s of weights when one activation row is dotted with every row of a weight matrix
 //           much larger than the caches, as a decode step's matrix-vector product does. Decode
 //           speed is bounded by memory bandwidth, so compare this column with `ac-membw 1`.
+// Where a set has a decode kernel (vec_dot_r4, 4 weight rows per call), the same two numbers
+// follow for it after "| r4": that is the kernel decode uses for these types.
 //
 // Usage: ac-bench-quant [MIB [TYPE]]   (default 256 MiB of weights per type, every type)
 // Single-threaded on purpose: compare with `ac-membw 1 MIB` measured in the same run.
@@ -86,10 +88,43 @@ static int bench_case(uint32_t type, int64_t n, size_t mib) {
       const double ns = now_ns() - t0;
       if (ns < best_stream) best_stream = ns;
     }
+    // The decode kernel, where the set has one: 4 rows per call, as matmul_worker runs decode.
+    double best_hot4 = 0, best_stream4 = 0;
+    if (t->vec_dot_r4) {
+      float d4[4];
+      best_hot4 = best_stream4 = 1e30;
+      for (int run = 0; run < 20; run++) {
+        const double t0 = now_ns();
+        for (int k = 0; k < reps / 4; k++) {
+          t->vec_dot_r4(n, d4, w, row_bytes, a);
+          acc += d4[0] + d4[3];
+        }
+        const double ns = (now_ns() - t0) / (reps / 4 * 4);
+        if (ns < best_hot4) best_hot4 = ns;
+      }
+      for (int run = 0; run < (s == 0 ? 1 : 5); run++) {
+        const double t0 = now_ns();
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) {
+          t->vec_dot_r4(n, d4, w + (size_t)r * row_bytes, row_bytes, a);
+          acc += d4[0] + d4[3];
+        }
+        for (; r < rows; r++) {
+          t->vec_dot(n, &d, w + (size_t)r * row_bytes, a);
+          acc += d;
+        }
+        const double ns = now_ns() - t0;
+        if (ns < best_stream4) best_stream4 = ns;
+      }
+    }
     sink = acc;
-    printf("%-5s n=%-5lld %-6s hot %8.1f ns/row (%6.2f GB/s)  stream %6.2f GB/s\n", base->name,
+    printf("%-5s n=%-5lld %-6s hot %8.1f ns/row (%6.2f GB/s)  stream %6.2f GB/s", base->name,
            (long long)n, sets[s], best_hot, (double)row_bytes / best_hot,
            (double)row_bytes * (double)rows / best_stream);
+    if (t->vec_dot_r4)
+      printf("  | r4 hot %8.1f ns/row (%6.2f GB/s)  stream %6.2f GB/s", best_hot4,
+             (double)row_bytes / best_hot4, (double)row_bytes * (double)rows / best_stream4);
+    printf("\n");
     fflush(stdout);
   }
   free(x);

@@ -447,11 +447,24 @@ static void matmul_worker(void *arg, int ith, int nth) {
     float *out = j->out[i];
     // Rows in tiles of 16 activation rows: each weight row is read from memory once per tile.
     // Within a tile, vec_dot_4 takes 2 weight rows by 4 activation rows at a time (the same bits
-    // as vec_dot on each pair); what is left over goes pair by pair.
+    // as vec_dot on each pair); the activation rows left over (all of them in decode, where there
+    // is one) take 4 weight rows at a time through vec_dot_r4 (again the same bits as vec_dot),
+    // and what is left after that goes pair by pair.
     for (int n0 = 0; n0 < j->n_rows; n0 += 16) {
       int n1 = n0 + 16 < j->n_rows ? n0 + 16 : j->n_rows;
       int n4 = tt->vec_dot_4 ? n0 + (n1 - n0) / 4 * 4 : n0;
-      for (int64_t r = r0; r < r1; r += 2) {
+      int64_t r = r0;
+      if (tt->vec_dot_r4 && n4 < n1) {
+        for (; r + 4 <= r1; r += 4) {
+          const uint8_t *wrow = wd + r * w->row_bytes;
+          for (int n = n0; n < n4; n += 4)
+            for (int k = 0; k < 4; k += 2)
+              tt->vec_dot_4(w->ne[0], 2, &out[(size_t)n * M + r + k], (size_t)M, wrow + k * w->row_bytes, w->row_bytes, act + n * as, as);
+          for (int n = n4; n < n1; n++)
+            tt->vec_dot_r4(w->ne[0], &out[(size_t)n * M + r], wrow, w->row_bytes, act + n * as);
+        }
+      }
+      for (; r < r1; r += 2) {
         const int nr = r + 2 <= r1 ? 2 : 1;
         const uint8_t *wrow = wd + r * w->row_bytes;
         for (int n = n0; n < n4; n += 4)

@@ -1009,19 +1009,29 @@ static void q8_k_to_float_ref(const void *restrict vx, float *restrict y, int64_
                              (const uint8_t *)y + (size_t)j * by);                              \
   }
 
-TILE_REF(f32)
-TILE_REF(f16)
-TILE_REF(bf16)
-TILE_REF(q4_0)
-TILE_REF(q4_1)
-TILE_REF(q5_0)
-TILE_REF(q5_1)
-TILE_REF(q8_0)
-TILE_REF(q2_k)
-TILE_REF(q3_k)
-TILE_REF(q4_k)
-TILE_REF(q5_k)
-TILE_REF(q6_k)
+// The same for the decode kernel: vec_dot_ref on each of the 4 weight rows.
+#define R4_REF(prefix)                                                                         \
+  static void prefix##_vec_dot_r4_ref(int64_t n, float *restrict s, const void *restrict x,    \
+                                      size_t bx, const void *restrict y) {                     \
+    for (int i = 0; i < 4; i++)                                                                \
+      prefix##_vec_dot_ref(n, &s[i], (const uint8_t *)x + (size_t)i * bx, y);                  \
+  }
+
+#define KERNELS_REF(prefix) TILE_REF(prefix) R4_REF(prefix)
+
+KERNELS_REF(f32)
+KERNELS_REF(f16)
+KERNELS_REF(bf16)
+KERNELS_REF(q4_0)
+KERNELS_REF(q4_1)
+KERNELS_REF(q5_0)
+KERNELS_REF(q5_1)
+KERNELS_REF(q8_0)
+KERNELS_REF(q2_k)
+KERNELS_REF(q3_k)
+KERNELS_REF(q4_k)
+KERNELS_REF(q5_k)
+KERNELS_REF(q6_k)
 
 // --- the traits tables -------------------------------------------------------------------------
 
@@ -1038,7 +1048,9 @@ TILE_REF(q6_k)
           .to_float_ref = prefix##_to_float_ref,     \
           .from_float_ref = prefix##_from_float_ref, \
           .vec_dot_ref = prefix##_vec_dot_ref,       \
-          .vec_dot_4_ref = prefix##_vec_dot_4_ref}
+          .vec_dot_4_ref = prefix##_vec_dot_4_ref,   \
+          .vec_dot_r4 = prefix##_vec_dot_r4_ref,     \
+          .vec_dot_r4_ref = prefix##_vec_dot_r4_ref}
 
 // Activation-only types have no dot product of their own: nothing multiplies with them as
 // weights (ggml's CPU backend has none either).
@@ -1108,13 +1120,15 @@ static void quant_init_once(void) {
   for (int s = 0; s < AC__SIMD_COUNT; s++) memcpy(simd_traits[s], ref_traits, sizeof ref_traits);
   ac__quant_avx2_install(simd_traits[AC__SIMD_AVX2]);
   ac__quant_avx512_install(simd_traits[AC__SIMD_AVX512]);
-  // A set that replaced vec_dot but has no tile of its own must not keep the reference tile,
-  // which would give other bits than its vec_dot: such rows go pair by pair through vec_dot.
+  // A set that replaced vec_dot but has no tile (or decode kernel) of its own must not keep the
+  // reference one, which would give other bits than its vec_dot: such rows go through vec_dot.
   for (int s = 0; s < AC__SIMD_COUNT; s++) {
     for (int t = 0; t < AC_TYPE_COUNT; t++) {
       ac_type_traits_t *tt = &simd_traits[s][t];
       if (tt->vec_dot_4 == tt->vec_dot_4_ref && tt->vec_dot != tt->vec_dot_ref)
         tt->vec_dot_4 = NULL;
+      if (tt->vec_dot_r4 == tt->vec_dot_r4_ref && tt->vec_dot != tt->vec_dot_ref)
+        tt->vec_dot_r4 = NULL;
     }
   }
   // Every table is complete whether or not this CPU can run it; only ac__quant_traits_for and

@@ -5,7 +5,9 @@
 // converts the activation row to traits(T)->vec_dot_type (for example Q8_1 for Q4_1 weights,
 // F16 for F16 weights, as ggml does), then calls traits(T)->vec_dot on each weight row. A
 // matrix-matrix product (prefill) goes through traits(T)->vec_dot_4 where a type has it: tiles of
-// 1-2 weight rows by 4 activation rows, with the same results as vec_dot.
+// 1-2 weight rows by 4 activation rows, with the same results as vec_dot. A matrix-vector product
+// (decode) goes through traits(T)->vec_dot_r4 where a type has it: 4 weight rows by the one
+// activation row, again with the same results as vec_dot.
 //
 // Each kernel has a plain C `_ref` version (in the table as *_ref) and, where it pays, SIMD
 // versions (AVX2, AVX-512/VNNI) chosen once at run time by ac_quant_init() from the CPU's features.
@@ -52,6 +54,14 @@ typedef void (*ac_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict
 typedef void (*ac_vec_dot_4_fn)(int64_t n, int nr, float *restrict s, size_t bs,
                                 const void *restrict x, size_t bx, const void *restrict y,
                                 size_t by);
+// Decode (one activation row): 4 consecutive rows of this type against ONE row y of
+// vec_dot_type, in one pass over y, so y's blocks are loaded (and their scales converted) once
+// for the 4 rows:  s[i] = dot(x_i, y),  x_i = (const char *)x + i * bx,  i < 4.
+// Every s[i] is bit-identical to vec_dot(n, &s[i], x_i, y) of the same kernel set: each row keeps
+// its vec_dot's float operations in the same order, only the 4 rows are interleaved. (A NaN result
+// may be another NaN: x86 propagates NaNs by operand slot, which the compiler picks.)
+typedef void (*ac_vec_dot_r4_fn)(int64_t n, float *restrict s, const void *restrict x, size_t bx,
+                                 const void *restrict y);
 
 typedef struct {
   const char *name;    // "q4_1", as ggml names it
@@ -71,6 +81,10 @@ typedef struct {
   ac_from_float_fn from_float_ref;
   ac_vec_dot_fn vec_dot_ref;
   ac_vec_dot_4_fn vec_dot_4_ref;  // vec_dot_ref for each pair of the tile
+  // Optional, like vec_dot_4 (NULL where a type gains nothing over vec_dot row by row): 4 weight
+  // rows by one activation row, always consistent with vec_dot above, bit for bit.
+  ac_vec_dot_r4_fn vec_dot_r4;
+  ac_vec_dot_r4_fn vec_dot_r4_ref;  // vec_dot_ref on each of the 4 rows
 } ac_type_traits_t;
 
 // Selects the SIMD kernels for this CPU. Idempotent and thread-safe; every other function here

@@ -9,8 +9,8 @@
 // float once per block and scaled with an FMA into float accumulators, reduced at the end.
 //
 // The kernels whose shape AVX-512 shares (F16, 32-value blocks, the Q8_0 / Q8_1 quantizers, Q4_K
-// and Q5_K, and their vec_dot_4 tiles) are in quant_x86.h; this file gives them their AVX2
-// primitives and holds the rest.
+// and Q5_K, and their vec_dot_4 tiles and vec_dot_r4 decode kernels) are in quant_x86.h; this file
+// gives them their AVX2 primitives and holds the rest.
 
 // Explicit FMAs only: an implicit contraction of a*b+c would change rounding and make the
 // dequantizers differ from quant.c's reference (and from ggml). Must precede the headers.
@@ -78,12 +78,20 @@ static inline __m256i dot_pairs(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi
   return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
+// The offset term stays in int16 pairs, taken off before the pairs are summed into int32.
+static inline __m256i pairs_offset_term(__m256i ylo, __m256i yhi, __m256i off) {
+  return _mm256_add_epi16(_mm256_maddubs_epi16(off, ylo), _mm256_maddubs_epi16(off, yhi));
+}
+
+static inline __m256i dot_pairs_less(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
+                                     __m256i o) {
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+  return _mm256_madd_epi16(_mm256_sub_epi16(p, o), _mm256_set1_epi16(1));
+}
+
 static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
                                        __m256i off) {
-  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
-  const __m256i o =
-      _mm256_add_epi16(_mm256_maddubs_epi16(off, ylo), _mm256_maddubs_epi16(off, yhi));
-  return _mm256_madd_epi16(_mm256_sub_epi16(p, o), _mm256_set1_epi16(1));
+  return dot_pairs_less(lo, ylo, hi, yhi, pairs_offset_term(ylo, yhi, off));
 }
 
 static inline int dot_block(__m256i u, const int8_t *y, int off) {
@@ -105,6 +113,10 @@ static inline __m256i with_bit4_where(__m256i u, __m256i hb, __m256i bit) {
 static inline __m256i kdot32(__m256i acc, __m256i u, const int8_t *y, int16_t sc) {
   const __m256i p = _mm256_maddubs_epi16(u, loadu256(y));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(sc)));
+}
+
+static inline __m256i kdot32v(__m256i acc, __m256i u, __m256i y, __m256i sc) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), sc));
 }
 
 // Eight lanes at a time; the amax is reduced with hmax_ps.
@@ -330,6 +342,64 @@ static void q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = hsum_ps(acc) - hsum_ps(accm);
 }
 
+// Q2_K decode kernel (see quant_x86.h): 4 weight rows against one activation row, each with
+// q2_k_vec_dot's integer lanes and float accumulators. A chunk's scale vector (scales_2x16) is one
+// vpshufb of the row's 16 scales, held once in each 128-bit half.
+static inline __m256i q2_k_chunk_scales(__m256i sc, int c) {
+  return _mm256_shuffle_epi8(sc, _mm256_set_m128i(_mm_set1_epi16((short)(0x8000 | (2 * c + 1))),
+                                                  _mm_set1_epi16((short)(0x8000 | (2 * c)))));
+}
+
+static void q2_k_vec_dot_r4(int64_t n, float *restrict s, const void *restrict vx, size_t bx,
+                            const void *restrict vy) {
+  const ac_block_q2_K *x[4];
+  const ac_block_q8_K *y = vy;
+  __m256 acc[4], accm[4];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    x[r] = row_at(vx, bx, r);
+    acc[r] = accm[r] = _mm256_setzero_ps();
+  }
+  const __m256i m3 = _mm256_set1_epi8(3), m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t i = 0; i < n / AC_QK_K; i++) {
+    prefetch_ahead(vx, (size_t)i * 4 * sizeof(ac_block_q2_K), 4 * sizeof(ac_block_q2_K));
+    __m256i sc[4], isum[4];
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      sc[r] = _mm256_and_si256(_mm256_broadcastsi128_si256(loadu128(x[r][i].scales)), m4);
+      isum[r] = _mm256_setzero_si256();
+    }
+    X86_UNROLL for (int h = 0; h < 2; h++) {
+      X86_UNROLL for (int sh = 0; sh < 4; sh++) {
+        const int c = 4 * h + sh;  // 32-value chunk
+        const __m256i yc = loadu256(y[i].qs + 32 * c);
+        X86_UNROLL for (int r = 0; r < 4; r++) {
+          const __m256i u = _mm256_and_si256(_mm256_srli_epi16(loadu256(x[r][i].qs + 32 * h), 2 * sh), m3);
+          isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, yc),
+                                                                q2_k_chunk_scales(sc[r], c)));
+        }
+      }
+    }
+    // k_accumulate_dmin of each row: lane 2r of f is y_d * d of row r, lane 2r + 1 y_d * dmin.
+    const __m256 f = _mm256_mul_ps(_mm256_set1_ps(y[i].d),
+                                   halves4_dm(&x[0][i].d, &x[1][i].d, &x[2][i].d, &x[3][i].d));
+    const __m256i bsums = loadu256(y[i].bsums);
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      const __m256i mins = _mm256_cvtepu8_epi16(
+          _mm_and_si128(_mm_srli_epi16(loadu128(x[r][i].scales), 4), _mm_set1_epi8(0x0F)));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), lane_ps(f, 2 * r), acc[r]);
+      accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins)),
+                                lane_ps(f, 2 * r + 1), accm[r]);
+    }
+  }
+  // hsum8_ps puts row r's acc in lane r and its accm in lane 4 + r.
+  __m256 v[8];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    v[2 * r] = acc[r];
+    v[2 * r + 1] = accm[r];
+  }
+  const __m256 h = hsum8_ps(v);
+  _mm_storeu_ps(s, _mm_sub_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
 static void q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
                          const void *restrict vy) {
   const ac_block_q3_K *x = vx;
@@ -478,6 +548,7 @@ void ac__quant_avx2_install(ac_type_traits_t *tab) {
   tab[AC_TYPE_Q8_0].to_float = q8_0_to_float;
   tab[AC_TYPE_Q8_K].from_float = q8_k_from_float;
   tab[AC_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
+  tab[AC_TYPE_Q2_K].vec_dot_r4 = q2_k_vec_dot_r4;
   tab[AC_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot_4 = q6_k_vec_dot_4;

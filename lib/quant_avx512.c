@@ -17,8 +17,9 @@
 // is taken off through the activations' sums, exactly, for every input.
 //
 // The 256-bit kernels (F16, the legacy dot products, the Q8_0 / Q8_1 quantizers, Q4_K and Q5_K,
-// and their vec_dot_4 tiles) have the same shape as AVX2's and are written once in quant_x86.h;
-// this file gives them their AVX-512 primitives and holds the 512-bit kernels and their tiles.
+// and their vec_dot_4 tiles and vec_dot_r4 decode kernels) have the same shape as AVX2's and are
+// written once in quant_x86.h; this file gives them their AVX-512 primitives and holds the 512-bit
+// kernels, their tiles and Q2_K's decode kernel.
 
 // Explicit FMAs only: an implicit contraction of a*b+c would change rounding and make the
 // dequantizers differ from quant.c's reference (and from ggml). Must precede the headers.
@@ -72,6 +73,18 @@ static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m2
   return _mm256_sub_epi32(dot_pairs(lo, ylo, hi, yhi), dot_pairs(off, ylo, off, yhi));
 }
 
+// Here the offset term is kept negated, as the starting value of vpdpbusd's sums: the sums then
+// end at dot_pairs minus the term, the same int32 lanes as dot_pairs_offset (no overflow: the
+// lanes stay far inside int32).
+static inline __m256i pairs_offset_term(__m256i ylo, __m256i yhi, __m256i off) {
+  return _mm256_sub_epi32(_mm256_setzero_si256(), dot_pairs(off, ylo, off, yhi));
+}
+
+static inline __m256i dot_pairs_less(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
+                                     __m256i o) {
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(o, lo, ylo), hi, yhi);
+}
+
 static inline int dot_block(__m256i u, const int8_t *y, int off) {
   const __m256i v = loadu256(y);
   __m256i d = dot_u8s8(u, v);
@@ -92,6 +105,10 @@ static inline __m256i with_bit4_where(__m256i u, __m256i hb, __m256i bit) {
 // (The 512-bit form, which needs a permute per chunk for the scales, was 10-15% slower.)
 static inline __m256i kdot32(__m256i acc, __m256i u, const int8_t *y, int16_t sc) {
   return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, loadu256(y)), _mm256_set1_epi16(sc));
+}
+
+static inline __m256i kdot32v(__m256i acc, __m256i u, __m256i y, __m256i sc) {
+  return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, y), sc);
 }
 
 // Sixteen lanes at a time, with the saturating narrowing vpmovsdb.
@@ -345,6 +362,68 @@ static void q2_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
   *s = _mm512_reduce_add_ps(acc) - hsum_ps(accm);
 }
 
+// Q2_K decode kernel (see quant_x86.h): 4 weight rows against one activation row, each with
+// q2_k_vec_dot's integer lanes and float accumulators, but on 256-bit vectors, which measured
+// faster here. q2_k_vec_dot's isum, 16 lanes, is two halves of 32-value chunks: its low half sums
+// the chunks of the fields at bits 0 and 4 (chunks 4h and 4h + 2 of y's eight), its high half
+// those at bits 2 and 6 (chunks 4h + 1 and 4h + 3), each lane over the same 4 bytes with the same
+// 16-value scale. So each half is a sum of AVX2-style chunk dot products (a chunk's scale vector a
+// vpshufb of the row's scales), and acc is kept as its two halves, updated lane by lane as acc
+// is, and joined for _mm512_reduce_add_ps.
+static inline __m256i q2_k_chunk_scales(__m256i sc, int c) {
+  return _mm256_shuffle_epi8(sc, _mm256_set_m128i(_mm_set1_epi16((short)(0x8000 | (2 * c + 1))),
+                                                  _mm_set1_epi16((short)(0x8000 | (2 * c)))));
+}
+
+static void q2_k_vec_dot_r4(int64_t n, float *restrict s, const void *restrict vx, size_t bx,
+                            const void *restrict vy) {
+  const ac_block_q2_K *x[4];
+  const ac_block_q8_K *y = vy;
+  __m256 acc[4][2], accm[4];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    x[r] = row_at(vx, bx, r);
+    acc[r][0] = acc[r][1] = accm[r] = _mm256_setzero_ps();
+  }
+  const __m256i m3 = _mm256_set1_epi8(3), m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t i = 0; i < n / AC_QK_K; i++) {
+    prefetch_ahead(vx, (size_t)i * 4 * sizeof(ac_block_q2_K), 4 * sizeof(ac_block_q2_K));
+    __m256i sc[4], isum[4][2];
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      sc[r] = _mm256_and_si256(_mm256_broadcastsi128_si256(loadu128(x[r][i].scales)), m4);
+      isum[r][0] = isum[r][1] = _mm256_setzero_si256();
+    }
+    X86_UNROLL for (int h = 0; h < 2; h++) {
+      X86_UNROLL for (int sh = 0; sh < 4; sh++) {
+        const int c = 4 * h + sh;  // 32-value chunk
+        const __m256i yc = loadu256(y[i].qs + 32 * c);
+        X86_UNROLL for (int r = 0; r < 4; r++) {
+          const __m256i u =
+              _mm256_and_si256(_mm256_srli_epi16(loadu256(x[r][i].qs + 32 * h), 2 * sh), m3);
+          isum[r][sh & 1] = _mm256_dpwssd_epi32(isum[r][sh & 1], _mm256_maddubs_epi16(u, yc),
+                                                q2_k_chunk_scales(sc[r], c));
+        }
+      }
+    }
+    // Lane 2r of f is y_d * d of row r, lane 2r + 1 y_d * dmin, as q2_k_vec_dot multiplies them.
+    const __m256 f = _mm256_mul_ps(_mm256_set1_ps(y[i].d),
+                                   halves4_dm(&x[0][i].d, &x[1][i].d, &x[2][i].d, &x[3][i].d));
+    const __m256i bsums = loadu256(y[i].bsums);
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      const __m256i mins16 = _mm256_cvtepu8_epi16(
+          _mm_and_si128(_mm_srli_epi16(loadu128(x[r][i].scales), 4), _mm256_castsi256_si128(m4)));
+      const __m256 d = lane_ps(f, 2 * r);
+      X86_UNROLL for (int k = 0; k < 2; k++) acc[r][k] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][k]), d, acc[r][k]);
+      accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins16)),
+                                lane_ps(f, 2 * r + 1), accm[r]);
+    }
+  }
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    const __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(acc[r][0]), acc[r][1], 1);
+    s[r] = _mm512_reduce_add_ps(a) - hsum_ps(accm[r]);
+  }
+}
+
 static void q3_k_vec_dot(int64_t n, float *restrict s, const void *restrict vx,
                          const void *restrict vy) {
   const ac_block_q3_K *x = vx;
@@ -483,6 +562,7 @@ void ac__quant_avx512_install(ac_type_traits_t *tab) {
   tab[AC_TYPE_Q8_0].to_float = q8_0_to_float;
   tab[AC_TYPE_Q8_K].from_float = q8_k_from_float;
   tab[AC_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
+  tab[AC_TYPE_Q2_K].vec_dot_r4 = q2_k_vec_dot_r4;
   tab[AC_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
   tab[AC_TYPE_Q6_K].vec_dot_4 = q6_k_vec_dot_4;

@@ -24,9 +24,11 @@ typedef enum {
 } ac__simd_t;
 
 // Fill in the kernels each SIMD file has. `tab` has AC_TYPE_COUNT rows, prefilled with the ref
-// kernels; only to_float / from_float / vec_dot / vec_dot_4 of known types are touched. A set
-// that installs a vec_dot_4 installs it with its vec_dot; quant.c drops the reference tile of a
-// type whose vec_dot was replaced without one.
+// kernels; only to_float / from_float / vec_dot / vec_dot_4 / vec_dot_r4 of known types are
+// touched. A set that installs a vec_dot_4 or vec_dot_r4 installs it with its vec_dot (and a set
+// that replaces a vec_dot another set installed replaces that set's vec_dot_4 / vec_dot_r4 too);
+// quant.c drops the reference tile and decode kernel of a type whose vec_dot was replaced without
+// them.
 void ac__quant_avx2_install(ac_type_traits_t *tab);
 void ac__quant_avx512_install(ac_type_traits_t *tab);
 

@@ -6,8 +6,9 @@
 // its own -m flags and installs that copy into its own table; no symbol is shared.
 //
 // The kernels here have the same shape in both sets, on 256-bit vectors: the F16 and 32-value
-// block dot products, the Q8_0 / Q8_1 activation quantizers, the Q4_K / Q5_K dot products, and
-// the vec_dot_4 tiles of several of these (plus the helpers the ISA files' own tiles use). The sets
+// block dot products, the Q8_0 / Q8_1 activation quantizers, the Q4_K / Q5_K dot products, the
+// vec_dot_4 tiles of several of these and the vec_dot_r4 decode kernels of Q4_0, Q4_1, Q8_0 and
+// Q4_K (plus the helpers the ISA files' own tiles and decode kernels use). The sets
 // differ only in how u8 x s8 products are summed (vpmaddubsw + vpmaddwd on AVX2, VNNI's vpdpbusd
 // and vpdpwssd on AVX-512), how bits become +16 on bytes (a compare on AVX2, a mask register on
 // AVX-512) and how a block of floats is quantized (8 or 16 lanes). Those are the primitives.
@@ -35,6 +36,12 @@ static inline __m256i dot_pairs(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi
 static inline __m256i dot_pairs_offset(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi,
                                        __m256i off);
 
+// dot_pairs_offset in two steps, for several weight rows against the same activation blocks:
+// the activation side off * (sum of y), in whatever form dot_pairs_less takes it, once ...
+static inline __m256i pairs_offset_term(__m256i ylo, __m256i yhi, __m256i off);
+// ... then per weight row: the same int32 lanes as dot_pairs_offset(lo, ylo, hi, yhi, off).
+static inline __m256i dot_pairs_less(__m256i lo, __m256i ylo, __m256i hi, __m256i yhi, __m256i o);
+
 // One block: sum over 32 values of (u - off) * y, with u unsigned levels.
 static inline int dot_block(__m256i u, const int8_t *y, int off);
 
@@ -49,6 +56,10 @@ static inline __m256i with_bit4_where(__m256i u, __m256i hb, __m256i bit);
 // acc + sc * (u x y[0..32) summed in int32 lanes): one 32-value sub-block of a K-quant with
 // unsigned levels u <= 63 and its scale sc.
 static inline __m256i kdot32(__m256i acc, __m256i u, const int8_t *y, int16_t sc);
+
+// The same with y already in a register and the scale given as a vector of int16 lanes all equal
+// to sc: the same int32 lanes as kdot32.
+static inline __m256i kdot32v(__m256i acc, __m256i u, __m256i y, __m256i sc);
 
 // Quantizes one block of 32 floats as q8_0_from_float_ref does; returns sum(q) and sets *d_out.
 static inline int quantize_block_q8(const float *x, int8_t *qs, float *d_out);
@@ -773,6 +784,290 @@ static inline __attribute__((always_inline)) void q4_k_tile(int64_t n, const int
 }
 X86_TILE_KERNEL(q4_k)
 
+// --- decode: vec_dot_r4 -------------------------------------------------------------------------
+// 4 weight rows against one activation row, as a decode step's matrix-vector product has them:
+// each activation block is loaded once for the 4 rows, the activation side of offsets (Q4_0's
+// off * sum(y)) is computed once, and the scales of the 4 rows are converted and multiplied by
+// the activation's scales in one vector. Each row keeps the float accumulators of its vec_dot,
+// updated by the same operations (same operands, same order) and reduced by the same additions,
+// so each output has the bits of vec_dot on that row; integer sums may be formed differently
+// since they are exact. (One caveat, shared with the tiles: where two NaNs meet, x86 keeps the one
+// in a given operand slot, and for commutative operations the compiler, not the source, picks the
+// slots; so a NaN output may be another NaN. Every other output is the same bits.) The row loops
+// have constant bounds and are unrolled. Each kernel prefetches ahead (prefetch_ahead, below).
+
+// hsum_ps of v[0..4) at once, by the same additions of the same operands: [hsum_ps(v0),
+// hsum_ps(v1), hsum_ps(v2), hsum_ps(v3)].
+static inline __m128 hsum4_ps(const __m256 v[4]) {
+  const __m256 h01 = _mm256_add_ps(_mm256_permute2f128_ps(v[0], v[1], 0x20),
+                                   _mm256_permute2f128_ps(v[0], v[1], 0x31));
+  const __m256 h23 = _mm256_add_ps(_mm256_permute2f128_ps(v[2], v[3], 0x20),
+                                   _mm256_permute2f128_ps(v[2], v[3], 0x31));
+  // Lanes 0+2 and 1+3 of each halves' sum: [v0's, v2's | v1's, v3's].
+  const __m256 q = _mm256_add_ps(_mm256_shuffle_ps(h01, h23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm256_shuffle_ps(h01, h23, _MM_SHUFFLE(3, 2, 3, 2)));
+  // Those two added: [v0 v2 v0 v2 | v1 v3 v1 v3].
+  const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(q, q, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(q, q, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+}
+
+// Lane k of v in every lane.
+static inline __m256 lane_ps(__m256 v, int k) {
+  return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(k));
+}
+
+// Software prefetch for the decode kernels. A call reads 4 rows side by side, a block of each in
+// turn: 4 interleaved streams, each a row long, which train none of the hardware prefetchers. On
+// the Zen 4 machines we measure, reading 4 interleaved rows runs at about a third of the speed of
+// reading the same bytes in order (8-11 vs 22-28 GB/s), and without help the kernels ran slower
+// from DRAM than vec_dot row by row. So each step of a call prefetches, in address order, as many
+// bytes as the step reads (4 rows' worth), R4_PREFETCH_AHEAD bytes further on: the calls over a
+// matrix's consecutive groups of rows then prefetch the whole matrix in order, that far ahead of
+// the reads. 6 KiB measured best of 3-8 KiB for rows of 336 to 1584 bytes. (Prefetches are
+// written out, not looped over at run time: GCC deletes a loop that only prefetches.)
+#define R4_PREFETCH_AHEAD 6144
+
+static inline __attribute__((always_inline)) void prefetch_lines(const char *p, const int lines) {
+  _Pragma("GCC unroll 16") for (int k = 0; k < lines; k++) _mm_prefetch(p + 64 * k, _MM_HINT_T0);
+}
+
+// `bytes` (a constant) from `at` bytes into the 4 rows at x, R4_PREFETCH_AHEAD bytes on.
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *x, size_t at,
+                                                                 const int bytes) {
+  // Through uintptr_t: the address may lie past the end of the matrix (a prefetch never faults),
+  // where pointer arithmetic would be undefined.
+  prefetch_lines((const char *)((uintptr_t)x + R4_PREFETCH_AHEAD + at), (bytes + 63) / 64);
+}
+
+// 8 halves as floats: the leading halves of blocks a and b of rows 0..3, [a0 b0 a1 b1 .. a3 b3].
+// The halves are combined in general registers (which the vector pipes do not need) and moved
+// over as two 64-bit words.
+static inline __m256 halves4x2_d(const void *a0, const void *b0, const void *a1, const void *b1,
+                                 const void *a2, const void *b2, const void *a3, const void *b3) {
+  const uint64_t lo = (uint64_t)halves_d(a0) | (uint64_t)halves_d(b0) << 16 |
+                      (uint64_t)halves_d(a1) << 32 | (uint64_t)halves_d(b1) << 48;
+  const uint64_t hi = (uint64_t)halves_d(a2) | (uint64_t)halves_d(b2) << 16 |
+                      (uint64_t)halves_d(a3) << 32 | (uint64_t)halves_d(b3) << 48;
+  return _mm256_cvtph_ps(_mm_set_epi64x((int64_t)hi, (int64_t)lo));
+}
+
+// The first two halves (d and m, or d and dmin) of one block of each of rows 0..3:
+// [d0 m0 d1 m1 .. d3 m3].
+static inline __m256 halves4_dm(const void *b0, const void *b1, const void *b2, const void *b3) {
+  const uint64_t lo = (uint64_t)halves_dm(b0) | (uint64_t)halves_dm(b1) << 32;
+  const uint64_t hi = (uint64_t)halves_dm(b2) | (uint64_t)halves_dm(b3) << 32;
+  return _mm256_cvtph_ps(_mm_set_epi64x((int64_t)hi, (int64_t)lo));
+}
+
+static void q4_0_vec_dot_r4(int64_t n, float *restrict s, const void *restrict vx, size_t bx,
+                            const void *restrict vy) {
+  const ac_block_q4_0 *x[4];
+  const ac_block_q8_0 *y = vy;
+  __m256 acc[4];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    x[r] = row_at(vx, bx, r);
+    acc[r] = _mm256_setzero_ps();
+  }
+  const int64_t nb = n / AC_QK8_0;
+  const __m256i eight = _mm256_set1_epi8(8);
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    prefetch_ahead(vx, (size_t)i * 4 * sizeof(ac_block_q4_0), 8 * sizeof(ac_block_q4_0));
+    __m256i ylo, yhi;
+    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
+    const __m256i o = pairs_offset_term(ylo, yhi, eight);
+    // pair_scales_d of each row: lane 2r is row r's d_xa * d_ya, lane 2r + 1 its d_xb * d_yb.
+    const __m256 xd = halves4x2_d(&x[0][i], &x[0][i + 1], &x[1][i], &x[1][i + 1], &x[2][i],
+                                  &x[2][i + 1], &x[3][i], &x[3][i + 1]);
+    const __m256 yd = _mm256_cvtph_ps(
+        _mm_set1_epi32((int)(halves_d(&y[i]) | halves_d(&y[i + 1]) << 16)));
+    const __m256 p = _mm256_mul_ps(xd, yd);
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      __m256i lo, hi;
+      nibbles_pair(x[r][i].qs, x[r][i + 1].qs, &lo, &hi);
+      const __m256i d = dot_pairs_less(lo, ylo, hi, yhi, o);
+      const __m256 sc = _mm256_permutevar8x32_ps(
+          p, _mm256_setr_epi32(2 * r, 2 * r, 2 * r, 2 * r, 2 * r + 1, 2 * r + 1, 2 * r + 1,
+                               2 * r + 1));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, acc[r]);
+    }
+  }
+  float t[4];
+  _mm_storeu_ps(t, hsum4_ps(acc));
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    float sum = t[r];
+    if (i < nb) sum += block_d(nibbles32(x[r][i].qs), 8, x[r][i].d, &y[i]);
+    s[r] = sum;
+  }
+}
+
+// The first two halves of blocks a and b of rows 0..3 (Q4_1's d and m): [rows 0, 1] and [rows
+// 2, 3], each row's four as [d_a m_a d_b m_b], as pair_scales_dm has them on its x side.
+static inline void halves4x2_dm(const ac_block_q4_1 *const x[4], int64_t i, __m256 *r01,
+                                __m256 *r23) {
+  const __m256i h = _mm256_setr_epi32(
+      (int)halves_dm(&x[0][i]), (int)halves_dm(&x[0][i + 1]), (int)halves_dm(&x[1][i]),
+      (int)halves_dm(&x[1][i + 1]), (int)halves_dm(&x[2][i]), (int)halves_dm(&x[2][i + 1]),
+      (int)halves_dm(&x[3][i]), (int)halves_dm(&x[3][i + 1]));
+  *r01 = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  *r23 = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+static void q4_1_vec_dot_r4(int64_t n, float *restrict s, const void *restrict vx, size_t bx,
+                            const void *restrict vy) {
+  const ac_block_q4_1 *x[4];
+  const ac_block_q8_1 *y = vy;
+  // acc[r]: row r's acc of q4_1_vec_dot; accm[k]: the accm (four lanes) of rows 2k, 2k + 1.
+  __m256 acc[4], accm[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    x[r] = row_at(vx, bx, r);
+    acc[r] = _mm256_setzero_ps();
+  }
+  const int64_t nb = n / AC_QK8_1;
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    prefetch_ahead(vx, (size_t)i * 4 * sizeof(ac_block_q4_1), 8 * sizeof(ac_block_q4_1));
+    __m256i ylo, yhi;
+    q8_pair(y[i].qs, y[i + 1].qs, &ylo, &yhi);
+    // pair_scales_dm of each row, two rows to a vector.
+    __m256 p[2];
+    halves4x2_dm(x, i, &p[0], &p[1]);
+    const __m256 yh = tile_y_halves(halves_dm(&y[i]), halves_dm(&y[i + 1]));
+    X86_UNROLL for (int k = 0; k < 2; k++) {
+      p[k] = _mm256_mul_ps(p[k], yh);
+      accm[k] = _mm256_add_ps(accm[k], p[k]);
+    }
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      __m256i lo, hi;
+      nibbles_pair(x[r][i].qs, x[r][i + 1].qs, &lo, &hi);
+      const __m256i d = dot_pairs(lo, ylo, hi, yhi);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), tile_spread(p[r / 2], r % 2), acc[r]);
+    }
+  }
+  // odd_lanes_sum of each row's accm: lane 1 + lane 3, [rows 0 2 .. | rows 1 3 ..], then in order.
+  const __m256 t = _mm256_shuffle_ps(accm[0], accm[1], _MM_SHUFFLE(3, 1, 3, 1));
+  const __m256 m = _mm256_add_ps(_mm256_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m128 mins = _mm_unpacklo_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  float sums[4];
+  _mm_storeu_ps(sums, _mm_add_ps(hsum4_ps(acc), mins));
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    float sum = sums[r];
+    if (i < nb) sum += block_dm(nibbles32(x[r][i].qs), x[r][i].d, x[r][i].m, &y[i]);
+    s[r] = sum;
+  }
+}
+
+static void q8_0_vec_dot_r4(int64_t n, float *restrict s, const void *restrict vx, size_t bx,
+                            const void *restrict vy) {
+  const ac_block_q8_0 *x[4];
+  const ac_block_q8_0 *y = vy;
+  __m256 acc[4];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    x[r] = row_at(vx, bx, r);
+    acc[r] = _mm256_setzero_ps();
+  }
+  const int64_t nb = n / AC_QK8_0;
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    prefetch_ahead(vx, (size_t)i * 4 * sizeof(ac_block_q8_0), 8 * sizeof(ac_block_q8_0));
+    const __m256i ya = loadu256(y[i].qs), yb = loadu256(y[i + 1].qs);
+    // pair_scales_d of each row: lane 2r is row r's d_xa * d_ya, lane 2r + 1 its d_xb * d_yb.
+    const __m256 xd = halves4x2_d(&x[0][i], &x[0][i + 1], &x[1][i], &x[1][i + 1], &x[2][i],
+                                  &x[2][i + 1], &x[3][i], &x[3][i + 1]);
+    const __m256 yd = _mm256_cvtph_ps(
+        _mm_set1_epi32((int)(halves_d(&y[i]) | halves_d(&y[i + 1]) << 16)));
+    const __m256 p = _mm256_mul_ps(xd, yd);
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      // q8_0_vec_dot's lanes {0,1,4,5} are block a, {2,3,6,7} block b.
+      const __m256i qa = loadu256(x[r][i].qs), qb = loadu256(x[r][i + 1].qs);
+      const __m256i d = _mm256_hadd_epi32(dot_u8s8(_mm256_abs_epi8(qa), _mm256_sign_epi8(ya, qa)),
+                                          dot_u8s8(_mm256_abs_epi8(qb), _mm256_sign_epi8(yb, qb)));
+      const __m256 sc = _mm256_permutevar8x32_ps(
+          p, _mm256_setr_epi32(2 * r, 2 * r, 2 * r + 1, 2 * r + 1, 2 * r, 2 * r, 2 * r + 1,
+                               2 * r + 1));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, acc[r]);
+    }
+  }
+  float t[4];
+  _mm_storeu_ps(t, hsum4_ps(acc));
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    float sum = t[r];
+    if (i < nb)
+      sum += (float)hsum_epi32(q8_0_block_dot(x[r][i].qs, y[i].qs)) *
+             (h2f(x[r][i].d) * h2f(y[i].d));
+    s[r] = sum;
+  }
+}
+
+// Q4_K: the 8 scales of a super-block as int32 lanes holding the int16 scale twice (sub-block j's
+// kdot32v scale vector is lane j everywhere: one vpermd), from the words of ac__k4_scales_mins.
+// Kept in a register: that measured faster than broadcasts from a copy stored on the stack.
+static inline __m256i k4_scale_lanes(const uint32_t w[4]) {
+  const __m256i s32 = _mm256_cvtepu8_epi32(_mm_set_epi64x(0, (int64_t)((uint64_t)w[1] << 32 | w[0])));
+  return _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16));
+}
+
+static inline __m256i lane_epi32(__m256i v, int k) {
+  return _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(k));
+}
+
+// k4_scales' mins16 from the words of ac__k4_scales_mins.
+static inline __m256i k4_mins16(const uint32_t w[4]) {
+  const __m128i m = _mm_set_epi64x(0, (int64_t)((uint64_t)w[3] << 32 | w[2]));
+  return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+}
+
+static void q4_k_vec_dot_r4(int64_t n, float *restrict s, const void *restrict vx, size_t bx,
+                            const void *restrict vy) {
+  const ac_block_q4_K *x[4];
+  const ac_block_q8_K *y = vy;
+  __m256 acc[4], accm[4];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    x[r] = row_at(vx, bx, r);
+    acc[r] = accm[r] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t i = 0; i < n / AC_QK_K; i++) {
+    uint32_t w[4][4];
+    __m256i sc[4];
+    prefetch_ahead(vx, (size_t)i * 4 * sizeof(ac_block_q4_K), 4 * sizeof(ac_block_q4_K));
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      ac__k4_scales_mins(x[r][i].scales, w[r]);
+      sc[r] = k4_scale_lanes(w[r]);
+    }
+    __m256i isum[4];
+    X86_UNROLL for (int r = 0; r < 4; r++) isum[r] = _mm256_setzero_si256();
+    X86_UNROLL for (int c = 0; c < 4; c++) {
+      const __m256i ylo = loadu256(y[i].qs + 64 * c), yhi = loadu256(y[i].qs + 64 * c + 32);
+      X86_UNROLL for (int r = 0; r < 4; r++) {
+        const __m256i q = loadu256(x[r][i].qs + 32 * c);
+        isum[r] = kdot32v(isum[r], _mm256_and_si256(q, m4), ylo, lane_epi32(sc[r], 2 * c));
+        isum[r] = kdot32v(isum[r], _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), yhi,
+                          lane_epi32(sc[r], 2 * c + 1));
+      }
+    }
+    // k_accumulate_dmin of each row: lane 2r of f is y_d * d of row r, lane 2r + 1 y_d * dmin.
+    const __m256 f = _mm256_mul_ps(_mm256_set1_ps(y[i].d),
+                                   halves4_dm(&x[0][i], &x[1][i], &x[2][i], &x[3][i]));
+    const __m256i bsums = loadu256(y[i].bsums);
+    X86_UNROLL for (int r = 0; r < 4; r++) {
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), lane_ps(f, 2 * r), acc[r]);
+      accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, k4_mins16(w[r]))),
+                                lane_ps(f, 2 * r + 1), accm[r]);
+    }
+  }
+  // hsum8_ps puts row r's acc in lane r and its accm in lane 4 + r.
+  __m256 v[8];
+  X86_UNROLL for (int r = 0; r < 4; r++) {
+    v[2 * r] = acc[r];
+    v[2 * r + 1] = accm[r];
+  }
+  const __m256 h = hsum8_ps(v);
+  _mm_storeu_ps(s, _mm_sub_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
 // --- install -----------------------------------------------------------------------------------
 
 // Puts this file's kernels into `tab`; each including file calls it from its install function.
@@ -781,16 +1076,20 @@ static void x86_install_shared(ac_type_traits_t *tab) {
   tab[AC_TYPE_F16].vec_dot_4 = f16_vec_dot_4;
   tab[AC_TYPE_Q4_0].vec_dot = q4_0_vec_dot;
   tab[AC_TYPE_Q4_0].vec_dot_4 = q4_0_vec_dot_4;
+  tab[AC_TYPE_Q4_0].vec_dot_r4 = q4_0_vec_dot_r4;
   tab[AC_TYPE_Q4_1].vec_dot = q4_1_vec_dot;
   tab[AC_TYPE_Q4_1].vec_dot_4 = q4_1_vec_dot_4;
+  tab[AC_TYPE_Q4_1].vec_dot_r4 = q4_1_vec_dot_r4;
   tab[AC_TYPE_Q5_0].vec_dot = q5_0_vec_dot;
   tab[AC_TYPE_Q5_1].vec_dot = q5_1_vec_dot;
   tab[AC_TYPE_Q8_0].vec_dot = q8_0_vec_dot;
   tab[AC_TYPE_Q8_0].vec_dot_4 = q8_0_vec_dot_4;
+  tab[AC_TYPE_Q8_0].vec_dot_r4 = q8_0_vec_dot_r4;
   tab[AC_TYPE_Q8_0].from_float = q8_0_from_float;
   tab[AC_TYPE_Q8_1].from_float = q8_1_from_float;
   tab[AC_TYPE_Q4_K].vec_dot = q4_k_vec_dot;
   tab[AC_TYPE_Q4_K].vec_dot_4 = q4_k_vec_dot_4;
+  tab[AC_TYPE_Q4_K].vec_dot_r4 = q4_k_vec_dot_r4;
   tab[AC_TYPE_Q5_K].vec_dot = q5_k_vec_dot;
 }
 

@@ -10,6 +10,9 @@
 //     adversarial inputs and on rows of 576, 1536 and other lengths (odd block counts included);
 //   - vec_dot_4 (tiles of 1-2 weight rows by 4 activation rows) of every set bit-identical to that
 //     set's vec_dot on each pair;
+//   - vec_dot_r4 (decode: 4 weight rows by one activation row) of every set bit-identical to that
+//     set's vec_dot on each row, adversarial scales included, and the decode matrix-vector product
+//     built from it as matmul_worker does for odd row counts and thread splits;
 //   - quantization error of dequant(quant(x)) per type, and vec_dot_ref against a double-precision
 //     dot product of the dequantized rows.
 // Exits non-zero if any check fails; prints "N passed, N failed" at the end.
@@ -938,6 +941,213 @@ static void test_vec_dot_4_sets(void) {
   }
 }
 
+// Where a block keeps its half scales (the first, and the second if it has one: Q4_1's m, a
+// K-quant's dmin); -1 where there is no such half.
+static void block_half_offsets(ac_type_t type, int *a, int *b) {
+  *a = *b = -1;
+  switch (type) {
+    case AC_TYPE_Q4_0:
+    case AC_TYPE_Q5_0:
+    case AC_TYPE_Q8_0: *a = 0; break;
+    case AC_TYPE_Q4_1:
+    case AC_TYPE_Q5_1:
+    case AC_TYPE_Q8_1:
+    case AC_TYPE_Q4_K:
+    case AC_TYPE_Q5_K:
+      *a = 0;
+      *b = 2;
+      break;
+    case AC_TYPE_Q2_K:
+      *a = (int)offsetof(ac_block_q2_K, d);
+      *b = *a + 2;
+      break;
+    case AC_TYPE_Q3_K: *a = (int)offsetof(ac_block_q3_K, d); break;
+    case AC_TYPE_Q6_K: *a = (int)offsetof(ac_block_q6_K, d); break;
+    default: break;
+  }
+}
+
+// Adversarial scales: every block's halves set from `set`, one entry per block in turn (zero,
+// negative zero, the smallest and largest subnormals, the largest finite, a power of two,
+// infinities, NaN); Q8_K activations get float scales of the same kinds.
+static void poke_scales(ac_type_t type, uint8_t *row, int64_t n, int set) {
+  static const uint16_t halves[][2] = {
+      {0x0000, 0x0001}, {0x8000, 0x03FF}, {0x0001, 0x8001}, {0x03FF, 0x0000},
+      {0x7BFF, 0x0200}, {0x3C00, 0x7BFF}, {0x7C00, 0x0001}, {0xFC00, 0x3C00},
+      {0x7E00, 0x0000}, {0x0200, 0x7C00},
+  };
+  static const float floats[] = {0.0f, 1e-40f, -1e-45f, 1.17e-38f, 3e38f, INFINITY, NAN, 0.5f};
+  const int nh = (int)(sizeof halves / sizeof halves[0]), nf = (int)(sizeof floats / sizeof floats[0]);
+  const ac_type_traits_t *t = ac_type_traits(type);
+  const int64_t nb = n / t->blck_size;
+  for (int64_t b = 0; b < nb; b++) {
+    uint8_t *blk = row + (size_t)b * t->type_size;
+    const int k = (int)((b + set) % nh);
+    if (type == AC_TYPE_Q8_K) {
+      memcpy(blk, &floats[(b + set) % nf], 4);
+      continue;
+    }
+    int oa, ob;
+    block_half_offsets(type, &oa, &ob);
+    if (oa >= 0) memcpy(blk + oa, &halves[k][0], 2);
+    if (ob >= 0) memcpy(blk + ob, &halves[k][1], 2);
+  }
+}
+
+// vec_dot_r4 (the decode kernel: 4 weight rows against one activation row) of every set that has
+// one gives, for each of its rows, the same bits as that set's vec_dot on the row: on random
+// rows and rows quantized from every input kind, the 4 rows of a call each of another kind, with
+// adversarial scales (zeros, subnormals, huge, inf, NaN) in weights and activations, on row
+// lengths with odd and even block counts and the model's 576 and 1536, and with a row stride
+// that is not the row size. Outputs past the 4 must be left alone.
+static void test_vec_dot_r4_sets(void) {
+  // The types with decode kernels have them in every SIMD set.
+  const ac_type_t decode_types[] = {AC_TYPE_Q4_0, AC_TYPE_Q4_1, AC_TYPE_Q8_0, AC_TYPE_Q4_K,
+                                    AC_TYPE_Q2_K};
+  for (int s = 1; s < 3; s++)
+    for (size_t k = 0; k < sizeof decode_types / sizeof decode_types[0]; k++) {
+      const ac_type_traits_t *tt = ac__quant_traits_for(simd_sets[s], decode_types[k]);
+      if (tt)
+        CHECK(tt->vec_dot_r4 && tt->vec_dot_r4 != tt->vec_dot_r4_ref,
+              "%s set has no vec_dot_r4 of its own for %s", simd_sets[s], tt->name);
+    }
+  for (int s = 0; s < 3; s++) {
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+      const ac_type_t type = weight_types[ti];
+      const ac_type_traits_t *t = ac__quant_traits_for(simd_sets[s], type);
+      if (!t) continue;
+      CHECK(t->vec_dot_r4_ref != NULL, "%s %s: no vec_dot_r4_ref", simd_sets[s], t->name);
+      // A set's decode kernel is never the reference one unless its vec_dot is the reference one.
+      if (t->vec_dot_r4 && t->vec_dot_r4 == t->vec_dot_r4_ref)
+        CHECK(t->vec_dot == t->vec_dot_ref, "%s %s: reference vec_dot_r4 with a SIMD vec_dot",
+              simd_sets[s], t->name);
+      if (!t->vec_dot_r4) continue;
+      const ac_type_traits_t *vt = ac_type_traits(t->vec_dot_type);
+      int64_t lens[16];
+      int nl = 0;
+      if (t->blck_size == 1) {
+        const int64_t v[] = {1, 7, 32, 33, 576, 577, 1536};
+        for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) lens[nl++] = v[i];
+      } else if (t->blck_size == 32) {
+        const int64_t v[] = {32, 64, 96, 256, 512, 576, 608, 1536};
+        for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) lens[nl++] = v[i];
+      } else {
+        const int64_t v[] = {256, 512, 768, 1536, 4096};
+        for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) lens[nl++] = v[i];
+      }
+      bool ok = true;
+      int cases = 0;
+      for (int li = 0; li < nl && ok; li++) {
+        const int64_t n = lens[li];
+        const size_t wrow = ac_row_size(type, n), arow = ac_row_size(t->vec_dot_type, n);
+        const size_t bx = wrow + 40;
+        // The last row ends where its allocation does, so that ASan sees a read past it.
+        uint8_t *w = xmalloc(3 * bx + wrow), *act = xmalloc(arow);
+        float *x = xmalloc((size_t)n * 4);
+        const int n_cases = IN_COUNT + 12;
+        for (int c = 0; c < n_cases && ok; c++, cases++) {
+          // Row r: quantized from input kind c + r, or random blocks (every 3rd row from
+          // c >= IN_COUNT on); the activation from kind c.
+          for (int r = 0; r < 4; r++) {
+            uint8_t *row = w + r * bx;
+            if (c >= IN_COUNT && (c + r) % 3 == 0) {
+              fill_random_blocks(type, row, n);
+            } else {
+              fill_input(x, n, (c + r) % IN_COUNT);
+              t->from_float_ref(x, row, n);
+            }
+          }
+          fill_input(x, n, c % IN_COUNT);
+          vt->from_float_ref(x, act, n);
+          // The last cases: adversarial scales in some weight rows and in the activation.
+          if (c >= IN_COUNT + 4) {
+            const int k = c - (IN_COUNT + 4);
+            for (int r = 0; r < 4; r++)
+              if (t->is_quantized && (k + r) % 2 == 0) poke_scales(type, w + r * bx, n, k + r);
+            if (vt->is_quantized && k % 3 != 2) poke_scales(t->vec_dot_type, act, n, k);
+          }
+          float got[6], want[6];
+          for (int k = 0; k < 6; k++) got[k] = want[k] = -0.0f;
+          t->vec_dot_r4(n, got, w, bx, act);
+          for (int r = 0; r < 4; r++) t->vec_dot(n, &want[r], w + r * bx, act);
+          // Bit for bit, except that a NaN may come out as another NaN: where two NaNs meet in
+          // an addition (say a NaN scale's and inf * 0's, which have other signs), x86 returns
+          // the one in a given operand slot, and for commutative operations the compiler picks
+          // the slots, not the C source. Every number, infinities included, must be identical.
+          bool same = true;
+          for (int k = 0; k < 6; k++)
+            same = same && (f32_bits(got[k]) == f32_bits(want[k]) ||
+                            (k < 4 && is_nan_f(got[k]) && is_nan_f(want[k])));
+          if (!same) {
+            ok = false;
+            for (int k = 0; k < 6; k++)
+              if (f32_bits(got[k]) != f32_bits(want[k]))
+                fprintf(stderr, "  %s %s vec_dot_r4 n=%lld case %d: s[%d] %.9g vs vec_dot %.9g\n",
+                        simd_sets[s], t->name, (long long)n, c, k, got[k], want[k]);
+          }
+        }
+        free(w);
+        free(act);
+        free(x);
+      }
+      CHECK(ok, "%s vec_dot_r4 of %s is not bit-identical to its vec_dot (%d cases)", simd_sets[s],
+            t->name, cases);
+    }
+  }
+}
+
+// The decode path of a matrix-vector product as matmul_worker runs it (lib/model.c): each
+// thread's contiguous range of output rows in groups of 4 through vec_dot_r4, the rest through
+// vec_dot. For odd and small row counts and 1 to 3 threads the outputs must equal vec_dot on
+// every row, bit for bit, and every output must be written exactly once.
+static void test_decode_matvec(void) {
+  const int64_t counts[] = {1, 2, 3, 4, 5, 7, 9, 13, 31};
+  for (int s = 0; s < 3; s++) {
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+      const ac_type_t type = weight_types[ti];
+      const ac_type_traits_t *t = ac__quant_traits_for(simd_sets[s], type);
+      if (!t || !t->vec_dot_r4) continue;
+      const ac_type_traits_t *vt = ac_type_traits(t->vec_dot_type);
+      const int64_t n = t->blck_size == 256 ? 512 : t->blck_size == 32 ? 576 : 96;
+      const size_t wrow = ac_row_size(type, n), arow = ac_row_size(t->vec_dot_type, n);
+      const int64_t max_m = counts[sizeof counts / sizeof counts[0] - 1];
+      uint8_t *w = xmalloc((size_t)max_m * wrow), *act = xmalloc(arow);
+      float *x = xmalloc((size_t)n * 4), *got = xmalloc((size_t)max_m * 4),
+            *want = xmalloc((size_t)max_m * 4);
+      for (int64_t r = 0; r < max_m; r++) fill_random_blocks(type, w + (size_t)r * wrow, n);
+      fill_input(x, n, IN_NORMAL);
+      vt->from_float_ref(x, act, n);
+      bool ok = true;
+      for (size_t mi = 0; mi < sizeof counts / sizeof counts[0]; mi++) {
+        const int64_t M = counts[mi];
+        for (int64_t r = 0; r < M; r++) t->vec_dot(n, &want[r], w + (size_t)r * wrow, act);
+        for (int nth = 1; nth <= 3; nth++) {
+          for (int64_t r = 0; r < M; r++) got[r] = NAN;
+          const int64_t per = (M + nth - 1) / nth;
+          for (int ith = 0; ith < nth; ith++) {
+            const int64_t r0 = per * ith, r1 = r0 + per < M ? r0 + per : M;
+            int64_t r = r0;
+            for (; r + 4 <= r1; r += 4) t->vec_dot_r4(n, &got[r], w + (size_t)r * wrow, wrow, act);
+            for (; r < r1; r++) t->vec_dot(n, &got[r], w + (size_t)r * wrow, act);
+          }
+          if (memcmp(got, want, (size_t)M * 4)) {
+            ok = false;
+            fprintf(stderr, "  %s %s decode of %lld rows on %d threads differs from vec_dot\n",
+                    simd_sets[s], t->name, (long long)M, nth);
+          }
+        }
+      }
+      CHECK(ok, "%s %s: decode matrix-vector product is not vec_dot row by row", simd_sets[s],
+            t->name);
+      free(w);
+      free(act);
+      free(x);
+      free(got);
+      free(want);
+    }
+  }
+}
+
 // vec_dot_ref computes the dot product of the dequantized rows: checked against a double sum
 // over to_float_ref of both rows. Only Q4_1 / Q5_1 differ by design: their minimum term uses
 // the activation block's s, a half, so the tolerance there allows half-precision rounding of s.
@@ -1105,6 +1315,8 @@ int main(void) {
   test_activation_range();
   test_vec_dot_sets();
   test_vec_dot_4_sets();
+  test_vec_dot_r4_sets();
+  test_decode_matvec();
   test_vec_dot_ref_semantics();
   test_quantization_error();
   test_legacy_max_error();
