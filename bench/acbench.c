@@ -45,6 +45,7 @@
 
 #include "controller.h"
 #include "ctrl_zoo.h"
+#include "csv.h"
 #include "error.h"
 #include "workload.h"
 
@@ -98,19 +99,6 @@ static void usage(FILE *f) {
 static int fail(const char *ctx, int rc) {
   fprintf(stderr, "acbench: %s: %s (error %d)\n", ctx, ac_errmsg()[0] ? ac_errmsg() : "error", rc);
   return 1;
-}
-
-static bool in_list(const char *list, const char *s) {
-  if (!list) return true;
-  size_t n = strlen(s);
-  for (const char *p = list; *p;) {
-    const char *e = strchr(p, ',');
-    size_t len = e ? (size_t)(e - p) : strlen(p);
-    if (len == n && strncmp(p, s, n) == 0) return true;
-    if (!e) break;
-    p = e + 1;
-  }
-  return false;
 }
 
 static uint64_t splitmix64(uint64_t *s) {
@@ -662,7 +650,7 @@ int main(int argc, char **argv) {
   }
   long incomplete = 0, other = 0;
   for (size_t i = 0; i < b->w.n; i++) {
-    if (!in_list(domains, b->w.tasks[i].domain)) {
+    if (!ac_csv_has(domains, b->w.tasks[i].domain)) {
       other++;
       continue;
     }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "convert.h"
+#include "csv.h"
 #include "error.h"
 #include "eval.h"
 #include "file.h"
@@ -196,19 +197,6 @@ static const vspec_t specs[] = {
     {"pruned-int4", "prune+quantize", "the pruned variant, then int4", V_PRUNE_QUANTIZE, AC_TYPE_Q4_K},
 };
 
-static bool wanted(const char *only, const char *name) {
-  if (!only) return true;
-  size_t n = strlen(name);
-  for (const char *p = only; *p;) {
-    const char *e = strchr(p, ',');
-    size_t len = e ? (size_t)(e - p) : strlen(p);
-    if (len == n && strncmp(p, name, n) == 0) return true;
-    if (!e) break;
-    p = e + 1;
-  }
-  return false;
-}
-
 typedef struct {
   const ac_zoo_params_t *p;
   const char *label;
@@ -385,7 +373,7 @@ int ac_zoo_build(const ac_zoo_params_t *p) {
     goto done;
 
   // f16 first: every other variant is built from it and judged against it.
-  if (wanted(p->only, "f16") || access(f16_path, R_OK) != 0) {
+  if (ac_csv_has(p->only, "f16") || access(f16_path, R_OK) != 0) {
     say(p, "f16: converting %s", p->base_path);
     if ((rc = ac_convert_gguf(p->base_path, f16_path, AC_TYPE_F16))) goto done;
   }
@@ -404,7 +392,7 @@ int ac_zoo_build(const ac_zoo_params_t *p) {
 
   for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
     const vspec_t *s = &specs[i];
-    if (!wanted(p->only, s->name)) continue;
+    if (!ac_csv_has(p->only, s->name)) continue;
     snprintf(path, sizeof path, "%s/%s.gguf", p->out_dir, s->name);
     json_t *v = json_object(), *params = json_object();
     json_object_set_new(v, "name", json_string(s->name));

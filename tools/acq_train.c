@@ -29,6 +29,7 @@
 #include "acq.h"
 #include "controller.h"
 #include "ctrl_zoo.h"
+#include "csv.h"
 #include "error.h"
 #include "workload.h"
 
@@ -65,19 +66,6 @@ typedef struct {
 } id_ref_t;
 
 static int by_id(const void *a, const void *b) { return strcmp(((const id_ref_t *)a)->id, ((const id_ref_t *)b)->id); }
-
-static bool in_list(const char *list, const char *s) {
-  if (!list) return true;
-  size_t n = strlen(s);
-  for (const char *p = list; *p;) {
-    const char *e = strchr(p, ',');
-    size_t len = e ? (size_t)(e - p) : strlen(p);
-    if (len == n && strncmp(p, s, n) == 0) return true;
-    if (!e) break;
-    p = e + 1;
-  }
-  return false;
-}
 
 // Reads LABELS into lab[task * AC_CTRL_MAX_VARIANTS + variant]: -1 unknown, 0 fail, 1 success
 // (variant indices of the zoo z). Checks the header against the zoo.
@@ -371,7 +359,7 @@ int acq_train_controller_main(int argc, char **argv) {
   long incomplete = 0, other_domain = 0;
   for (size_t i = 0; i < w.n; i++) {
     const ac_task_t *t = &w.tasks[i];
-    if (!in_list(domains, t->domain)) {
+    if (!ac_csv_has(domains, t->domain)) {
       other_domain++;
       continue;
     }
