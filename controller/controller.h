@@ -252,12 +252,13 @@ void ac_ctrl_trainer_destroy(ac_ctrl_trainer_t **self_p);
 // One AdamW step with the gradients currently in the controller (bias-corrected, step t += 1).
 void ac_ctrl_trainer_adamw_step(ac_ctrl_trainer_t *t);
 // One outer step over n_domain domains, each with a support and a query batch.
-//   maml on:  for each domain, copy θ, take inner_steps SGD steps on its support batch, take the
-//             query gradient at the adapted weights; the mean over domains of those gradients is
-//             applied to the original θ by AdamW (first-order MAML).
-//   maml off: the gradient of the mean loss over every domain's support and query batch at θ,
-//             applied by AdamW (plain multi-task training: same data, no adaptation).
-// out (may be NULL): the mean query loss (maml) or the mean loss (off), before the step.
+//   maml on:  for each domain, the support gradient at θ; inner_steps SGD steps on a copy with
+//             the support batch; the query gradient at the adapted weights. AdamW applies the
+//             mean over domains of ½ support-at-θ + ½ query-at-adapted to θ (first-order MAML
+//             with the loss at θ kept in the objective, as in MLDG: the router uses θ as is).
+//   maml off: the mean over domains of ½ support + ½ query gradient, both at θ (plain
+//             multi-task training: same data, same weights, no adaptation).
+// out (may be NULL): the mean of the losses those gradients came from, before the step.
 int ac_ctrl_trainer_step(ac_ctrl_trainer_t *t, const ac_ctrl_batch_t *support,
                          const ac_ctrl_batch_t *query, int n_domain, ac_ctrl_losses_t *out);
 int ac_ctrl_trainer_steps(const ac_ctrl_trainer_t *t);

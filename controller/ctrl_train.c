@@ -108,22 +108,31 @@ int ac_ctrl_trainer_step(ac_ctrl_trainer_t *t, const ac_ctrl_batch_t *support, c
     }
     for (size_t i = 0; i < n; i++) c->grads[i] *= 0.5f / n_domain;
   } else {
-    // FOMAML: adapt a copy on the support set, take the query gradient there, apply the mean of
-    // those gradients to the original weights.
+    // FOMAML with the support loss at θ kept in the outer objective: the router deploys θ itself,
+    // unadapted, so θ must be good on its own (a pure MAML θ is only good one step later). Per
+    // domain: the support gradient at θ (it is also the first inner step's), SGD on a copy, the
+    // query gradient at the adapted weights; the outer gradient is the mean over domains of
+    // ½ support-at-θ + ½ query-at-adapted. It differs from the multi-task step above only in
+    // where the query gradient is taken, which is what the ablation measures.
     memcpy(t->saved, c->params, n * sizeof(float));
     memset(t->acc, 0, n * sizeof(float));
     for (int d = 0; d < n_domain; d++) {
       for (int s = 0; s < t->meta.inner_steps; s++) {
         ac_ctrl_zero_grad(c);
         if ((err = ac_ctrl_loss_and_grad(c, &support[d], &t->loss, &t->rng, &l))) goto restore;
+        if (s == 0) {
+          add_losses(&mean, &l, 0.5f / n_domain);
+          for (size_t i = 0; i < n; i++) t->acc[i] += c->grads[i] * (0.5f / n_domain);
+        }
         for (size_t i = 0; i < n; i++) c->params[i] -= t->meta.inner_lr * c->grads[i];
       }
       ac_ctrl_zero_grad(c);
       if ((err = ac_ctrl_loss_and_grad(c, &query[d], &t->loss, &t->rng, &l))) goto restore;
-      add_losses(&mean, &l, 1.0f / n_domain);
-      for (size_t i = 0; i < n; i++) t->acc[i] += c->grads[i] / n_domain;
+      add_losses(&mean, &l, 0.5f / n_domain);
+      for (size_t i = 0; i < n; i++) t->acc[i] += c->grads[i] * (0.5f / n_domain);
       memcpy(c->params, t->saved, n * sizeof(float));
     }
+    ac_ctrl_params_changed(c);
     memcpy(c->grads, t->acc, n * sizeof(float));
   }
   ac_ctrl_trainer_adamw_step(t);

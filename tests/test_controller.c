@@ -403,6 +403,32 @@ static int train(ac_ctrl_t *c, const synth_t *tr, int maml, int steps, uint64_t 
   return err;
 }
 
+// Held-out routing: the cost and success of the controller's decisions (before the confidence
+// fallback) and of every uniform policy; the controller must be cheaper than the cheapest
+// uniform policy whose success is at least its own.
+static void check_routing(ac_ctrl_t *c, const ac_ctrl_config_t *k, const synth_t *te, const char *mode) {
+  double cost = 0, ok = 0, u_cost[SV] = {0}, u_ok[SV] = {0};
+  for (int i = 0; i < te->n; i++) {
+    ac_ctrl_pred_t p;
+    ac_ctrl_predict(c, te->ids + (size_t)i * SK, te->lens[i], &p);
+    cost += k->variant[p.variant_raw].cost;
+    ok += te->lab[i * SV + p.variant_raw];
+    for (int v = 0; v < SV; v++) {
+      u_cost[v] += k->variant[v].cost;
+      u_ok[v] += te->lab[i * SV + v];
+    }
+  }
+  int best = -1;
+  for (int v = 0; v < SV; v++)
+    if (u_ok[v] >= ok && (best < 0 || u_cost[v] < u_cost[best])) best = v;
+  printf("%s, held-out routing (cheapest with p >= %.2f): cost %.3f of all-f16 at success %.3f; cheapest "
+         "uniform at >= that success: %s, cost %.3f at %.3f\n",
+         mode, k->theta, cost / te->n, ok / te->n, k->variant[best].name, u_cost[best] / te->n, u_ok[best] / te->n);
+  CHECK(best >= 0 && cost < 0.9 * u_cost[best], "%s: controller cost %.3f vs uniform %s %.3f", mode, cost / te->n,
+        k->variant[best].name, u_cost[best] / te->n);
+  CHECK(ok / te->n >= 0.9, "%s: held-out success %.3f", mode, ok / te->n);
+}
+
 static void test_training(void) {
   ac_ctrl_config_t k = synth_config();
   float *E = random_embeddings(k.n_vocab, k.e, 4);
@@ -410,42 +436,32 @@ static void test_training(void) {
   synth_make(&tr, 512, 100);
   synth_make(&te, 256, 200);
   ac_ctrl_t *c = NULL;
-  CHECK(ac_ctrl_new(&k, &c) == 0, "new: %s", ac_errmsg());
-  ac_ctrl_set_embeddings(c, E, k.n_vocab, k.e, NULL);
-
   ac_ctrl_loss_params_t lp = ac_ctrl_loss_default_params();
-  ac_ctrl_losses_t l0, l1;
   ac_ctrl_batch_t all = synth_batch(&te, 0, te.n);
-  ac_ctrl_eval_loss(c, &all, &lp, &l0);
-  double acc0, base;
-  success_accuracy(c, &te, &acc0, &base);
-
-  double t0 = now_s();
-  float last;
-  int steps = 150;
-  CHECK(train(c, &tr, 0, steps, 1, &last) == 0, "train: %s", ac_errmsg());
-  double dt = now_s() - t0;
-  ac_ctrl_eval_loss(c, &all, &lp, &l1);
-  double acc1;
-  success_accuracy(c, &te, &acc1, &base);
-  printf("training (AdamW, multi-task, %d steps of 4x16 tasks, %.2f s): held-out loss %.3f -> %.3f "
-         "(success BCE %.3f -> %.3f); success-head accuracy %.3f -> %.3f (best constant %.3f)\n",
-         steps, dt, l0.total, l1.total, l0.success, l1.success, acc0, acc1, base);
-  CHECK(l1.success < 0.5f * l0.success, "training lowers the success loss: %.3f -> %.3f", l0.success, l1.success);
-  CHECK(l1.total < 0.75f * l0.total, "training lowers the total loss: %.3f -> %.3f", l0.total, l1.total);
-  CHECK(acc1 > base + 0.1 && acc1 > 0.85, "held-out accuracy %.3f vs best constant %.3f", acc1, base);
-
-  // Routing on held-out tasks: the decision's cost and success against always-f16.
-  double cost = 0, ok = 0;
-  for (int i = 0; i < te.n; i++) {
-    ac_ctrl_pred_t p;
-    ac_ctrl_predict(c, te.ids + (size_t)i * SK, te.lens[i], &p);
-    cost += k.variant[p.variant_raw].cost;
-    ok += te.lab[i * SV + p.variant_raw];
+  for (int maml = 1; maml >= 0; maml--) {
+    const char *mode = maml ? "FOMAML" : "multi-task";
+    CHECK(ac_ctrl_new(&k, &c) == 0, "new: %s", ac_errmsg());
+    ac_ctrl_set_embeddings(c, E, k.n_vocab, k.e, NULL);
+    ac_ctrl_losses_t l0, l1;
+    ac_ctrl_eval_loss(c, &all, &lp, &l0);
+    double acc0, acc1, base;
+    success_accuracy(c, &te, &acc0, &base);
+    double t0 = now_s();
+    float last;
+    int steps = 150;
+    CHECK(train(c, &tr, maml, steps, 1, &last) == 0, "train: %s", ac_errmsg());
+    double dt = now_s() - t0;
+    ac_ctrl_eval_loss(c, &all, &lp, &l1);
+    success_accuracy(c, &te, &acc1, &base);
+    printf("training (AdamW, %s, %d steps of 2 domains x 2 x 16 tasks, %.2f s): held-out loss %.3f -> %.3f "
+           "(success BCE %.3f -> %.3f); success-head accuracy %.3f -> %.3f (best constant %.3f)\n",
+           mode, steps, dt, l0.total, l1.total, l0.success, l1.success, acc0, acc1, base);
+    CHECK(l1.success < 0.5f * l0.success, "%s lowers the success loss: %.3f -> %.3f", mode, l0.success, l1.success);
+    CHECK(l1.total < 0.75f * l0.total, "%s lowers the total loss: %.3f -> %.3f", mode, l0.total, l1.total);
+    CHECK(acc1 > base + 0.1 && acc1 > 0.85, "%s: held-out accuracy %.3f vs best constant %.3f", mode, acc1, base);
+    check_routing(c, &k, &te, mode);
+    ac_ctrl_destroy(&c);
   }
-  printf("held-out routing (cheapest with p >= %.2f): cost %.3f of all-f16, success %.3f\n", k.theta,
-         cost / te.n, ok / te.n);
-  ac_ctrl_destroy(&c);
 
   // FOMAML on and off: both run, each deterministic for its seed.
   size_t np;

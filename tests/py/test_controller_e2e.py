@@ -3,6 +3,7 @@ zoo of SmolLM2 (F16, Q8_0, Q4_1), `acq label` running every task on every varian
 train-controller` on those labels, and `acbench` replaying the policies into a report. Short, so
 it fits in CI; the numbers it checks are the ones that hold by construction on real labels."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,12 +32,12 @@ def run(mini_zoo, tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "bench/workloads/generate.py"), "--workflows", str(WORKFLOWS),
                     "-o", str(wl)], check=True, timeout=60)
     acq("label", mini_zoo, wl, "-o", labels, "-t", "2", "--slots", "8", timeout=900)
-    acq("train-controller", labels, "-o", ctrl, "--zoo", mini_zoo, "--workload", wl, "--steps", "30",
-        "--seed", "1", timeout=600)
+    tr = acq("train-controller", labels, "-o", ctrl, "--zoo", mini_zoo, "--workload", wl, "--steps", "30",
+             "--seed", "1", timeout=600)
     r = subprocess.run([str(BIN / "acbench"), "--labels", str(labels), "--workload", str(wl), "--zoo", str(mini_zoo),
                         "--controller", str(ctrl), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    return dict(wl=wl, labels=labels, out=out, table=r.stdout)
+    return dict(wl=wl, labels=labels, out=out, table=r.stdout, train_log=tr.stderr)
 
 
 def test_labels_cover_every_task_and_variant(run):
@@ -62,3 +63,13 @@ def test_acbench_reports_every_policy_from_the_real_run(run):
     for f in ("report.md", "cost_vs_success.svg"):
         assert (run["out"] / f).stat().st_size > 0
     assert "oracle" in run["table"] and "ctrl" in run["table"]
+
+
+def test_training_lowers_the_loss_of_the_weights_it_saves(run):
+    # "loss A -> B": the whole-data loss at the saved weights before and after training. A pure
+    # MAML objective once let B end far above A (the saved weights were only good after one more
+    # adaptation step); the outer objective now keeps the loss at those weights.
+    m = re.search(r"loss ([0-9.]+) -> ([0-9.]+) in", run["train_log"])
+    assert m, run["train_log"]
+    before, after = float(m.group(1)), float(m.group(2))
+    assert after < 0.8 * before, run["train_log"]
