@@ -48,42 +48,7 @@
 #include "csv.h"
 #include "error.h"
 #include "workload.h"
-
-#define MAX_V AC_CTRL_MAX_VARIANTS
-#define MAX_CTRL 16
-
-typedef struct {
-  bool have;
-  bool success;
-  int8_t correct;  // 1, 0, -1 null
-  double measured, modelled;
-} label_t;
-
-typedef struct {
-  char name[128];
-  char kind[16];      // reference, uniform, random, oracle, controller
-  int *choice;        // per evaluated task: variant index
-  float *complexity;  // controllers only
-  long fallbacks;
-  // results
-  double measured, modelled;
-  long successes, correct, correct_n, switches, pairs;
-  double pearson;     // NAN when not defined
-  bool pareto;
-  long count[MAX_V];
-} policy_t;
-
-typedef struct {
-  ac_workload_t w;
-  int V, ref;
-  char vname[MAX_V][64];
-  int n;            // evaluated tasks
-  int *task;        // their indices in the workload
-  label_t *lab;     // n_workload × MAX_V
-  double *meas_cx;  // per evaluated task
-  int n_pol;
-  policy_t pol[8 + 2 * MAX_V + MAX_CTRL];
-} bench_t;
+#include "acbench.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -92,7 +57,15 @@ static void usage(FILE *f) {
           "  --seed S               seed of the random policy (default 1)\n"
           "  --theta X              success threshold for the controllers (default: each file's)\n"
           "  --test-domains a,b     evaluate only the tasks of these domains\n"
-          "  --zoo DIR              the zoo the labels were made on (needed with --controller)\n");
+          "  --zoo DIR              the zoo the labels were made on (needed with --controller)\n"
+          "against a running cluster (as well):\n"
+          "  --cluster ROUTER       replay through this router (tcp://HOST:PORT; AC_ROUTER)\n"
+          "  --redis HOST:PORT      the cluster's Redis, for reload counts (AC_REDIS; AC_PREFIX)\n"
+          "  --replay a,b           policies to replay (default: all-full, uniform-int4 if any, oracle,\n"
+          "                         the controllers); \"cluster\" = the router's own policy\n"
+          "  --concurrency N        workflows in flight at once (default 4)\n"
+          "  --replay-tasks N       replay only the first N tasks (default: all)\n"
+          "  --timeout-ms N         give up when no answer comes for this long (default 300000)\n");
 }
 
 // Prints the last error and gives the exit status 1.
@@ -141,6 +114,37 @@ static bool num(json_t *o, const char *key, double *out) {
 
 // Reads LABELS: the header's variants (quality order) and reference, then every label line.
 // Variants of the header without a single label line are dropped afterwards.
+// The exact bytes of a label's answer: "answer_hex" when present, else "answer".
+static int label_answer(json_t *o, label_t *l) {
+  const char *hex = json_string_value(json_object_get(o, "answer_hex"));
+  json_t *a = json_object_get(o, "answer");
+  if (!hex && !json_is_string(a)) return ac_error(AC_EFORMAT, "the reference's label has no \"answer\"");
+  size_t n = hex ? strlen(hex) / 2 : json_string_length(a);
+  if (hex && strlen(hex) % 2) return ac_error(AC_EFORMAT, "odd \"answer_hex\"");
+  if (!(l->answer = malloc(n + 1))) return ac_error(AC_ENOMEM, "out of memory");
+  if (hex) {
+    for (size_t i = 0; i < n; i++) {
+      unsigned x;
+      if (sscanf(hex + 2 * i, "%2x", &x) != 1) {
+        free(l->answer);
+        l->answer = NULL;
+        return ac_error(AC_EFORMAT, "bad \"answer_hex\"");
+      }
+      l->answer[i] = (char)x;
+    }
+  } else {
+    memcpy(l->answer, json_string_value(a), n);
+  }
+  l->answer[n] = 0;
+  l->answer_len = n;
+  return 0;
+}
+
+static void free_labels(label_t *lab, size_t n) {
+  for (size_t i = 0; lab && i < n; i++) free(lab[i].answer);
+  free(lab);
+}
+
 static int read_labels(const char *path, bench_t *b) {
   FILE *f = fopen(path, "r");
   if (!f) return ac_error(AC_EIO, "cannot open (%s)", strerror(errno));
@@ -223,8 +227,19 @@ static int read_labels(const char *path, bench_t *b) {
       break;
     }
     id_ref_t key = {id, 0}, *hit = bsearch(&key, ix, nw, sizeof *ix, by_id);
-    if (hit) lab[(size_t)hit->task * MAX_V + v] = l;
-    else unknown++;
+    // The reference's answer: what a cluster replay judges its answers against.
+    if (hit && strcmp(var, ref) == 0 && (rc = label_answer(o, &l))) {
+      json_decref(o);
+      rc = ac_error(rc, "%s:%d: %s", path, lineno, ac_errmsg());
+      break;
+    }
+    if (hit) {
+      label_t *slot = &lab[(size_t)hit->task * MAX_V + v];
+      free(slot->answer);
+      *slot = l;
+    } else {
+      unknown++;
+    }
     json_decref(o);
   }
   if (!rc && lineno == 0) rc = ac_error(AC_EFORMAT, "%s: empty file", path);
@@ -232,7 +247,7 @@ static int read_labels(const char *path, bench_t *b) {
   free(ix);
   fclose(f);
   if (rc) {
-    free(lab);
+    free_labels(lab, nw * MAX_V);
     return rc;
   }
   if (unknown) fprintf(stderr, "acbench: %ld labels name tasks that are not in the workload (ignored)\n", unknown);
@@ -463,6 +478,27 @@ static int write_json(const char *path, const bench_t *b, json_t *settings) {
     json_array_append_new(pols, o);
   }
   json_object_set_new(root, "policies", pols);
+  if (b->n_rep) {
+    json_t *rep = json_array();
+    for (int j = 0; j < b->n_rep; j++) {
+      const replay_t *r = &b->rep[j]->replay;
+      long answered = r->tasks - r->errors;
+      json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:o, s:i, s:o, s:f, s:o, s:o, s:o, s:f}", "name", b->rep[j]->name,
+                            "kind", b->rep[j]->kind, "tasks", (json_int_t)r->tasks, "errors", (json_int_t)r->errors,
+                            "successes", (json_int_t)r->successes, "success_pct", jnum(pct(r->successes, r->tasks)),
+                            "correct_tasks", (json_int_t)r->correct_n, "correct_pct", jnum(pct(r->correct, r->correct_n)),
+                            "measured_cost_usd", r->measured, "latency_p50_ms", jnum(r->p50), "latency_p90_ms",
+                            jnum(r->p90), "latency_p99_ms", jnum(r->p99), "wall_s", r->wall_s);
+      json_object_set_new(o, "reloads", r->reloads >= 0 ? json_integer(r->reloads) : json_null());
+      json_object_set_new(o, "cache_hits", json_integer(r->hits));
+      json_object_set_new(o, "cache_hit_pct", jnum(pct(r->hits, answered)));
+      json_object_set_new(o, "upgraded_pct", jnum(pct(r->upgraded, answered)));
+      json_object_set_new(o, "waited_for_reload_pct", jnum(pct(r->waited, answered)));
+      json_object_set_new(o, "switch_pct", jnum(pct(r->switches, r->pairs)));
+      json_array_append_new(rep, o);
+    }
+    json_object_set_new(root, "replay", rep);
+  }
   int rc = json_dump_file(root, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
   json_decref(root);
   return rc ? ac_error(AC_EIO, "%s: cannot write", path) : 0;
@@ -575,6 +611,36 @@ static int mkdir_p(const char *dir) {
   return 0;
 }
 
+static policy_t *find_policy(bench_t *b, const char *name) {
+  for (int j = 0; j < b->n_pol; j++)
+    if (strcmp(b->pol[j].name, name) == 0) return &b->pol[j];
+  return NULL;
+}
+
+// The cluster replay's table (markdown, also printed on stdout).
+static void write_replay_table(FILE *f, const bench_t *b) {
+  const policy_t *full = NULL;
+  for (int j = 0; j < b->n_rep; j++)
+    if (strcmp(b->rep[j]->kind, "reference") == 0) full = b->rep[j];
+  fprintf(f,
+          "| policy | tasks | errors | success %% | correct %% | measured $ | savings measured %% | p50 ms | p90 ms | "
+          "p99 ms | reloads | cache hit %% | upgraded %% | waited %% | switch %% |\n");
+  fprintf(f, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (int j = 0; j < b->n_rep; j++) {
+    const replay_t *r = &b->rep[j]->replay;
+    char c[4][32];
+    fmt_num(c[0], sizeof c[0], pct(r->correct, r->correct_n), "%.1f");
+    fmt_num(c[1], sizeof c[1], full ? savings(r->measured, full->replay.measured) : NAN, "%.1f");
+    fmt_num(c[2], sizeof c[2], pct(r->switches, r->pairs), "%.1f");
+    if (r->reloads >= 0) snprintf(c[3], sizeof c[3], "%ld", r->reloads);
+    else snprintf(c[3], sizeof c[3], "n/a");
+    fprintf(f, "| %s | %ld | %ld | %.1f | %s | %.6g | %s | %.0f | %.0f | %.0f | %s | %.1f | %.1f | %.1f | %s |\n",
+            b->rep[j]->name, r->tasks, r->errors, pct(r->successes, r->tasks), c[0], r->measured, c[1], r->p50, r->p90,
+            r->p99, c[3], pct(r->hits, r->tasks - r->errors), pct(r->upgraded, r->tasks - r->errors),
+            pct(r->waited, r->tasks - r->errors), c[2]);
+  }
+}
+
 // --- main ------------------------------------------------------------------------------------------
 
 int main(int argc, char **argv) {
@@ -582,7 +648,13 @@ int main(int argc, char **argv) {
                                        {"zoo", required_argument, 0, 'z'},        {"controller", required_argument, 0, 'c'},
                                        {"out", required_argument, 0, 'o'},        {"seed", required_argument, 0, 's'},
                                        {"theta", required_argument, 0, 'T'},      {"test-domains", required_argument, 0, 'D'},
+                                       {"cluster", required_argument, 0, 'C'},    {"redis", required_argument, 0, 'R'},
+                                       {"replay", required_argument, 0, 'P'},     {"concurrency", required_argument, 0, 'N'},
+                                       {"replay-tasks", required_argument, 0, 'L'}, {"timeout-ms", required_argument, 0, 'W'},
                                        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+  replay_opts_t ro = {.router = NULL, .redis = getenv("AC_REDIS"), .prefix = getenv("AC_PREFIX"), .concurrency = 4,
+                      .limit = 0, .timeout_ms = 300000};
+  const char *replay = NULL;
   const char *labels = NULL, *wl = NULL, *zoo = NULL, *out = NULL, *domains = NULL, *ctrl[MAX_CTRL];
   int n_ctrl = 0, c;
   uint64_t seed = 1;
@@ -617,9 +689,31 @@ int main(int argc, char **argv) {
           return 2;
         }
         break;
+      case 'C': ro.router = optarg; break;
+      case 'R': ro.redis = optarg; break;
+      case 'P': replay = optarg; break;
+      case 'N':
+      case 'L':
+      case 'W': {
+        long x = strtol(optarg, &end, 10);
+        if (!*optarg || *end || x < (c == 'L' ? 0 : 1) || x > 100000000) {
+          fprintf(stderr, "acbench: bad value '%s' for --%s\n", optarg,
+                  c == 'N' ? "concurrency" : c == 'L' ? "replay-tasks" : "timeout-ms");
+          return 2;
+        }
+        if (c == 'N') ro.concurrency = (int)x;
+        else if (c == 'L') ro.limit = (int)x;
+        else ro.timeout_ms = (double)x;
+        break;
+      }
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
+  }
+  if (!ro.router && replay) ro.router = getenv("AC_ROUTER");
+  if (replay && !ro.router) {
+    fprintf(stderr, "acbench: --replay needs --cluster ROUTER (or AC_ROUTER)\n");
+    return 2;
   }
   if (optind != argc || !labels || !wl || (n_ctrl && !zoo)) {
     if (n_ctrl && !zoo) fprintf(stderr, "acbench: --controller needs --zoo\n");
@@ -735,6 +829,55 @@ int main(int argc, char **argv) {
     }
   }
 
+  // Against the cluster.
+  if (ro.router) {
+    char def[1024] = "all-full";
+    if (!replay) {
+      if (find_policy(b, "uniform-int4")) strcat(def, ",uniform-int4");
+      strcat(def, ",oracle");
+      for (int j = 0; j < b->n_pol; j++)
+        if (strcmp(b->pol[j].kind, "controller") == 0 && strlen(def) + strlen(b->pol[j].name) + 2 < sizeof def) {
+          strcat(def, ",");
+          strcat(def, b->pol[j].name);
+        }
+      replay = def;
+    }
+    const char *q = replay;
+    while (*q) {
+      size_t l = strcspn(q, ",");
+      char nm[128];
+      snprintf(nm, sizeof nm, "%.*s", (int)(l < 127 ? l : 127), q);
+      q += l + (q[l] == ',');
+      if (!nm[0]) continue;
+      policy_t *rp = find_policy(b, nm);
+      if (!rp && strcmp(nm, "cluster") == 0) {
+        rp = &b->cluster;
+        memset(rp, 0, sizeof *rp);
+        snprintf(rp->name, sizeof rp->name, "cluster");
+        snprintf(rp->kind, sizeof rp->kind, "cluster");
+        rp->pearson = NAN;
+        if (!(rp->choice = malloc((size_t)b->n * sizeof *rp->choice))) {
+          status = fail("acbench", ac_error(AC_ENOMEM, "out of memory"));
+          goto done;
+        }
+        for (int i = 0; i < b->n; i++) rp->choice[i] = -1;
+      }
+      if (!rp) {
+        status = fail(nm, ac_error(AC_EINVAL, "--replay: no such policy (see the table; \"cluster\" = the router's own)"));
+        goto done;
+      }
+      fprintf(stderr, "acbench: replaying %s against the cluster at %s ...\n", rp->name, ro.router);
+      if ((rc = acb_replay(b, rp, &ro))) {
+        status = fail(rp->name, rc);
+        goto done;
+      }
+      const replay_t *r = &rp->replay;
+      fprintf(stderr, "acbench: %s: %ld tasks in %.1f s, p50 %.0f ms, cache hits %ld, reloads %ld\n", rp->name, r->tasks,
+              r->wall_s, r->p50, r->hits, r->reloads);
+      b->rep[b->n_rep++] = rp;
+    }
+  }
+
   // Settings.
   settings = json_object();
   json_object_set_new(settings, "labels", json_string(labels));
@@ -802,6 +945,17 @@ int main(int argc, char **argv) {
             "tasks of a workflow on different variants; pearson r: predicted complexity vs modelled cost of the "
             "cheapest succeeding variant / cost of the reference\n",
             b->pol[0].correct_n);
+    if (b->n_rep) {
+      fprintf(f, "\n## Against the cluster at %s\n\n", ro.router);
+      write_replay_table(f, b);
+      fprintf(f,
+              "\nEach policy's choices sent through the router, %d workflows at once, each workflow's steps one after "
+              "another%s. Success: the answer judged against the full model's answer in the labels. Latency: task "
+              "sent to Result received. Cache hit: served by a worker already holding the chosen variant, with no "
+              "wait for a reload; upgraded: served by a better variant; reloads: the scheduler's count over the "
+              "replay. Measured cost: the Results' worker busy seconds x price.\n",
+              ro.concurrency, ro.limit ? " (the first --replay-tasks tasks)" : "");
+    }
     fprintf(f, "\n## Command\n\n```\n");
     for (int i = 0; i < argc; i++) fprintf(f, "%s%s", i ? " " : "", argv[i]);
     fprintf(f, "\n```\n");
@@ -811,6 +965,10 @@ int main(int argc, char **argv) {
     }
   }
   write_table(stdout, b);
+  if (b->n_rep) {
+    printf("\nagainst the cluster at %s:\n\n", ro.router);
+    write_replay_table(stdout, b);
+  }
   if (out) printf("\nacbench: wrote %s/report.md, %s/report.json, %s/cost_vs_success.svg\n", out, out, out);
   status = 0;
 done:
@@ -820,10 +978,11 @@ done:
     free(b->pol[j].choice);
     free(b->pol[j].complexity);
   }
+  free(b->cluster.choice);
   free(wf_next);
   free(b->task);
   free(b->meas_cx);
-  free(b->lab);
+  free_labels(b->lab, b->w.n * MAX_V);
   ac_workload_free(&b->w);
   return status;
 }

@@ -810,6 +810,7 @@ static void on_result(rt_router_t *R, rt_task_t *t, Agentcompress__Result *r, do
   r->complexity = t->choice.complexity;
   r->confidence = t->choice.confidence;
   r->attempts = (uint32_t)t->attempts;
+  r->waited_for_reload = t->queued_for_reload;
   r->queue_ms += t->dispatched - t->received;
   if (r->cost <= 0 && R->price_per_hour > 0) r->cost = (r->prefill_ms + r->decode_ms) / 3.6e6 * R->price_per_hour;
   ac_env_t env = AGENTCOMPRESS__ENVELOPE__INIT;

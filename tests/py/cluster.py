@@ -50,8 +50,8 @@ def free_base(span=40):
 
 
 class Cluster:
-    def __init__(self, zoo, workers=2, variants=None, slots=4, ctx=512, routers=1, threads=1):
-        self.zoo, self.workers, self.variants = zoo, workers, variants
+    def __init__(self, zoo, workers=2, variants=None, slots=4, ctx=512, routers=1, threads=1, controller=None):
+        self.zoo, self.workers, self.variants, self.controller = zoo, workers, variants, controller
         self.slots, self.ctx, self.routers, self.threads = slots, ctx, routers, threads
         self.port = free_base()
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="accl-")) / "run"
@@ -65,6 +65,8 @@ class Cluster:
                 "--ctx", str(self.ctx), "--routers", str(self.routers), "--threads", str(self.threads)]
         if self.variants:
             args += ["--variants", ",".join(self.variants)]
+        if self.controller:
+            args += ["--controller", str(self.controller)]
         r = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             logs = ""
