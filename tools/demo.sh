@@ -68,6 +68,10 @@ python3 bench/workloads/generate.py --workflows 4 -o "$ctl/workload.jsonl"
 $acq label "$AC_CACHE/zoo" "$ctl/workload.jsonl" -o "$ctl/labels.jsonl" -t "$threads" --slots 8
 $acq train-controller "$ctl/labels.jsonl" -o "$ctl/ctrl.acc" --zoo "$AC_CACHE/zoo" --workload "$ctl/workload.jsonl" \
   --steps 100 --quiet
+# From the labels (every policy), then through the running cluster (its workers hold f16, int2
+# and int4 now; the scheduler reloads them as the policies' demand moves).
+$bin/acctl policy reset sched.min_residency_s >/dev/null
 $bin/acbench --labels "$ctl/labels.jsonl" --workload "$ctl/workload.jsonl" --zoo "$AC_CACHE/zoo" \
-  --controller "$ctl/ctrl.acc" --out "$ctl/report"
+  --controller "$ctl/ctrl.acc" --out "$ctl/report" --cluster "$AC_ROUTER" --redis "$AC_REDIS" \
+  --replay all-full,uniform-int4,ctrl --replay-tasks 12 --concurrency 3
 echo "report: $ctl/report/report.md (plot: cost_vs_success.svg)"
