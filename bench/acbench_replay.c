@@ -151,7 +151,14 @@ int acb_replay(const bench_t *b, policy_t *p, const replay_opts_t *o) {
     }
     free(taken);
   }
-  for (int i = 0; i < n; i++) served[i] = -2;  // -2 not answered, -1 error, else variant index
+  for (int i = 0; i < n; i++) {
+    served[i] = -2;  // -2 not answered, -1 error, else variant index
+    if (!b->lab[(size_t)b->task[i] * MAX_V + b->ref].answer) {
+      rc = ac_error(AC_EFORMAT, "task %s: its reference label has no \"answer\" to judge the cluster's answer against",
+                    b->w.tasks[b->task[i]].id);
+      goto done;
+    }
+  }
   int linger = 0;
   int64_t maxmsg = AC_MSG_MAX_BYTES;
   zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);

@@ -16,8 +16,8 @@ VARIANTS = ("full", "int8", "int4")  # the stories_zoo, best quality first
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def acbench(*args, check=True):
-    r = subprocess.run([str(BIN / "acbench"), *map(str, args)], capture_output=True, text=True, timeout=300)
+def acbench(*args, check=True, env=None):
+    r = subprocess.run([str(BIN / "acbench"), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"acbench {' '.join(map(str, args))} failed ({r.returncode}): {r.stderr}")
     return r
@@ -228,6 +228,12 @@ def test_bad_input(replay, tmp_path):
     no_cost.write_text("\n".join([lines[0], json.dumps(row)] + lines[2:]) + "\n")
     r = acbench("--labels", no_cost, "--workload", wl, check=False)
     assert r.returncode == 1 and "modelled_cost_usd" in r.stderr, r.stderr
+    # Replay names are checked before anything is sent (nothing listens on port 1).
+    r = acbench("--labels", labels, "--workload", wl, "--cluster", "tcp://127.0.0.1:1", "--replay", "all-full,nosuch",
+                check=False)
+    assert r.returncode == 1 and "nosuch: --replay: no such policy" in r.stderr and "replaying" not in r.stderr, r.stderr
+    r = acbench("--labels", labels, "--workload", wl, "--replay", "all-full", check=False, env={"PATH": "/usr/bin"})
+    assert r.returncode == 2 and "--cluster" in r.stderr, r.stderr
 
 
 # --- a trained controller ----------------------------------------------------------------------------
