@@ -47,6 +47,20 @@ int ac_msg_pack(ac_env_t *env, uint8_t **buf, size_t *len) {
   return 0;
 }
 
+int ac_msg_pack_reload(const char *id, const char *worker, const char *variant, const char *reason,
+                       uint64_t issued_at_ms, uint8_t **buf, size_t *len) {
+  Agentcompress__ReloadCommand rc = AGENTCOMPRESS__RELOAD_COMMAND__INIT;
+  rc.id = (char *)id;
+  rc.worker = (char *)worker;
+  rc.variant = (char *)variant;
+  rc.reason = (char *)reason;
+  rc.issued_at_ms = issued_at_ms;
+  ac_env_t env = AGENTCOMPRESS__ENVELOPE__INIT;
+  env.body_case = AGENTCOMPRESS__ENVELOPE__BODY_RELOAD;
+  env.reload = &rc;
+  return ac_msg_pack(&env, buf, len);
+}
+
 int ac_msg_send(void *sock, int nparts, const void *const *parts, const size_t *part_lens, ac_env_t *env) {
   uint8_t *buf = NULL;
   size_t len = 0;

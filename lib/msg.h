@@ -25,6 +25,10 @@ void ac_msg_free(ac_env_t **env_p);
 
 // Serializes env (its version is set to AC_MSG_VERSION) into a malloc'ed buffer.
 int ac_msg_pack(ac_env_t *env, uint8_t **buf, size_t *len);
+// A packed Envelope carrying one ReloadCommand (what the scheduler and acctl push to
+// <prefix>cmd:<worker>).
+int ac_msg_pack_reload(const char *id, const char *worker, const char *variant, const char *reason,
+                       uint64_t issued_at_ms, uint8_t **buf, size_t *len);
 
 // Sends `nparts` routing frames (identity, and for REQ-style peers the empty delimiter) then env.
 // Non-blocking: returns AC_EIO if the peer cannot take it now (its queue is full or it is gone).

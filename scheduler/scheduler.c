@@ -438,18 +438,9 @@ static int issue(sched_t *s, const char *worker, const char *variant, const char
   const char *px = ac_rds_prefix(s->rds);
   char id[96];
   snprintf(id, sizeof id, "sched-%d-%llu-%llu", (int)getpid(), (unsigned long long)now_ms, (unsigned long long)++s->seq);
-  Agentcompress__ReloadCommand rc = AGENTCOMPRESS__RELOAD_COMMAND__INIT;
-  rc.worker = (char *)worker;
-  rc.variant = (char *)variant;
-  rc.reason = (char *)d->reason;
-  rc.issued_at_ms = now_ms;
-  rc.id = id;
-  ac_env_t env = AGENTCOMPRESS__ENVELOPE__INIT;
-  env.body_case = AGENTCOMPRESS__ENVELOPE__BODY_RELOAD;
-  env.reload = &rc;
   uint8_t *buf = NULL;
   size_t len = 0;
-  int err = ac_msg_pack(&env, &buf, &len);
+  int err = ac_msg_pack_reload(id, worker, variant, d->reason, now_ms, &buf, &len);
   if (err) return err;
   if (s->dry_run) {
     // The same decision comes back every tick (nothing is pushed): say it when it changes.
