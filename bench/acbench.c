@@ -47,6 +47,7 @@
 #include "ctrl_zoo.h"
 #include "csv.h"
 #include "error.h"
+#include "labels.h"
 #include "workload.h"
 #include "acbench.h"
 
@@ -146,65 +147,38 @@ static void free_labels(label_t *lab, size_t n) {
 }
 
 static int read_labels(const char *path, bench_t *b) {
-  FILE *f = fopen(path, "r");
-  if (!f) return ac_error(AC_EIO, "cannot open (%s)", strerror(errno));
+  ac_labels_t lf;
+  int rc = ac_labels_open(&lf, path, "acbench");
+  if (rc) {
+    ac_labels_close(&lf);
+    return rc;
+  }
+  char ref[64];
+  snprintf(ref, sizeof ref, "%s", json_string_value(json_object_get(lf.header, "reference")));
+  size_t i_v;
+  json_t *hv;
+  json_array_foreach(json_object_get(lf.header, "variants"), i_v, hv) {
+    const char *nm = json_string_value(json_object_get(hv, "name"));
+    if (nm && (rc = add_variant(b, nm, path)) < 0) {
+      ac_labels_close(&lf);
+      return rc;
+    }
+  }
+  rc = 0;
   size_t nw = b->w.n;
   id_ref_t *ix = malloc((nw ? nw : 1) * sizeof *ix);
   label_t *lab = calloc((nw ? nw : 1) * MAX_V, sizeof *lab);
   if (!ix || !lab) {
     free(ix);
     free(lab);
-    fclose(f);
+    ac_labels_close(&lf);
     return ac_error(AC_ENOMEM, "out of memory");
   }
   for (size_t i = 0; i < nw; i++) ix[i] = (id_ref_t){b->w.tasks[i].id, (int)i};
   qsort(ix, nw, sizeof *ix, by_id);
-  char *line = NULL, ref[64] = "";
-  size_t cap = 0;
-  ssize_t len;
-  int lineno = 0, rc = 0;
   long unknown = 0;
-  while ((len = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
-    if (len == 0) continue;
-    json_error_t jerr;
-    json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
-    if (!o || !json_is_object(o)) {
-      json_decref(o);
-      int c = fgetc(f);
-      if (c == EOF) {  // an interrupted `acq label` leaves a partial last line
-        fprintf(stderr, "acbench: %s:%d: partial last line ignored\n", path, lineno);
-        break;
-      }
-      rc = ac_error(AC_EFORMAT, "%s:%d: not a JSON object (%s)", path, lineno, jerr.text);
-      break;
-    }
-    if (lineno == 1) {
-      const char *fmt = json_string_value(json_object_get(o, "format"));
-      json_t *ver = json_object_get(o, "version");
-      const char *r = json_string_value(json_object_get(o, "reference"));
-      json_t *vars = json_object_get(o, "variants");
-      if (!fmt || strcmp(fmt, "agentcompress-labels") != 0)
-        rc = ac_error(AC_EFORMAT, "%s:1: not an agentcompress-labels file", path);
-      else if (!json_is_integer(ver) || json_integer_value(ver) != 1)
-        rc = ac_error(AC_EUNSUPPORTED, "%s:1: labels version is not 1", path);
-      else if (!r || !*r || strlen(r) >= sizeof ref)
-        rc = ac_error(AC_EFORMAT, "%s:1: the header needs a \"reference\" variant name", path);
-      else {
-        strcpy(ref, r);
-        size_t i;
-        json_t *v;
-        json_array_foreach(vars, i, v) {
-          const char *nm = json_string_value(json_object_get(v, "name"));
-          if (nm && (rc = add_variant(b, nm, path)) < 0) break;
-          rc = 0;
-        }
-      }
-      json_decref(o);
-      if (rc) break;
-      continue;
-    }
+  json_t *o;
+  while ((rc = ac_labels_next(&lf, &o)) == 0) {
     const char *id = json_string_value(json_object_get(o, "id"));
     const char *var = json_string_value(json_object_get(o, "variant"));
     json_t *succ = json_object_get(o, "success"), *corr = json_object_get(o, "correct");
@@ -215,7 +189,7 @@ static int read_labels(const char *path, bench_t *b) {
       rc = ac_error(AC_EFORMAT,
                     "%s:%d: a label needs \"id\", \"variant\", \"success\", \"measured_cost_usd\" and "
                     "\"modelled_cost_usd\"",
-                    path, lineno);
+                    path, lf.lineno);
       break;
     }
     l.success = json_is_true(succ);
@@ -229,8 +203,10 @@ static int read_labels(const char *path, bench_t *b) {
     id_ref_t key = {id, 0}, *hit = bsearch(&key, ix, nw, sizeof *ix, by_id);
     // The reference's answer: what a cluster replay judges its answers against.
     if (hit && strcmp(var, ref) == 0 && (rc = label_answer(o, &l))) {
+      char why[256];
+      snprintf(why, sizeof why, "%s", ac_errmsg());
       json_decref(o);
-      rc = ac_error(rc, "%s:%d: %s", path, lineno, ac_errmsg());
+      rc = ac_error(rc, "%s:%d: %s", path, lf.lineno, why);
       break;
     }
     if (hit) {
@@ -242,10 +218,9 @@ static int read_labels(const char *path, bench_t *b) {
     }
     json_decref(o);
   }
-  if (!rc && lineno == 0) rc = ac_error(AC_EFORMAT, "%s: empty file", path);
-  free(line);
+  if (rc == 1) rc = 0;
   free(ix);
-  fclose(f);
+  ac_labels_close(&lf);
   if (rc) {
     free_labels(lab, nw * MAX_V);
     return rc;

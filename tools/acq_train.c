@@ -31,6 +31,7 @@
 #include "ctrl_zoo.h"
 #include "csv.h"
 #include "error.h"
+#include "labels.h"
 #include "workload.h"
 
 static double now_s(void) {
@@ -70,60 +71,32 @@ static int by_id(const void *a, const void *b) { return strcmp(((const id_ref_t 
 // Reads LABELS into lab[task * AC_CTRL_MAX_VARIANTS + variant]: -1 unknown, 0 fail, 1 success
 // (variant indices of the zoo z). Checks the header against the zoo.
 static int read_labels(const char *path, const ac_ctrl_zoo_t *z, const ac_workload_t *w, int8_t *lab) {
-  FILE *f = fopen(path, "r");
-  if (!f) return ac_error(AC_EIO, "%s: cannot open", path);
-  id_ref_t *ix = malloc((w->n ? w->n : 1) * sizeof *ix);
-  if (!ix) {
-    fclose(f);
-    return ac_error(AC_ENOMEM, "out of memory");
+  ac_labels_t lf;
+  int rc = ac_labels_open(&lf, path, "acq train-controller");
+  const char *ref = rc ? NULL : json_string_value(json_object_get(lf.header, "reference"));
+  if (!rc && strcmp(ref, z->variant[z->reference].name) != 0)
+    rc = ac_error(AC_EINVAL, "%s: labels judged against '%s', but the zoo's reference is '%s'", path, ref,
+                  z->variant[z->reference].name);
+  id_ref_t *ix = rc ? NULL : malloc((w->n ? w->n : 1) * sizeof *ix);
+  if (!rc && !ix) rc = ac_error(AC_ENOMEM, "out of memory");
+  if (rc) {
+    ac_labels_close(&lf);
+    return rc;
   }
   for (size_t i = 0; i < w->n; i++) ix[i] = (id_ref_t){w->tasks[i].id, (int)i};
   qsort(ix, w->n, sizeof *ix, by_id);
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  int lineno = 0, rc = 0;
   long unknown_task = 0, unknown_var = 0, lines = 0;
   char warned_var[256] = "";
-  while ((len = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
-    if (len == 0) continue;
-    json_error_t jerr;
-    json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
-    if (!o || !json_is_object(o)) {
-      json_decref(o);
-      // A partial last line is what an interrupted `acq label` leaves; it resumes from there.
-      if (feof(f) || fgetc(f) == EOF) {
-        fprintf(stderr, "acq train-controller: %s:%d: partial last line ignored\n", path, lineno);
-        break;
-      }
-      rc = ac_error(AC_EFORMAT, "%s:%d: not a JSON object (%s)", path, lineno, jerr.text);
-      break;
-    }
-    if (lineno == 1) {
-      const char *fmt = json_string_value(json_object_get(o, "format"));
-      json_t *ver = json_object_get(o, "version");
-      const char *ref = json_string_value(json_object_get(o, "reference"));
-      if (!fmt || strcmp(fmt, "agentcompress-labels") != 0)
-        rc = ac_error(AC_EFORMAT, "%s:1: not an agentcompress-labels file (format '%s')", path, fmt ? fmt : "");
-      else if (!json_is_integer(ver) || json_integer_value(ver) != 1)
-        rc = ac_error(AC_EUNSUPPORTED, "%s:1: labels version %lld; this acq reads version 1", path,
-                      (long long)json_integer_value(ver));
-      else if (ref && strcmp(ref, z->variant[z->reference].name) != 0)
-        rc = ac_error(AC_EINVAL, "%s: labels judged against '%s', but the zoo's reference is '%s'", path, ref,
-                      z->variant[z->reference].name);
-      json_decref(o);
-      if (rc) break;
-      continue;
-    }
+  json_t *o;
+  while ((rc = ac_labels_next(&lf, &o)) == 0) {
     lines++;
     const char *id = json_string_value(json_object_get(o, "id"));
     const char *var = json_string_value(json_object_get(o, "variant"));
     json_t *succ = json_object_get(o, "success");
     if (!id || !var || !json_is_boolean(succ)) {
       json_decref(o);
-      rc = ac_error(AC_EFORMAT, "%s:%d: a label needs \"id\", \"variant\" (strings) and \"success\" (bool)", path, lineno);
+      rc = ac_error(AC_EFORMAT, "%s:%d: a label needs \"id\", \"variant\" (strings) and \"success\" (bool)", path,
+                    lf.lineno);
       break;
     }
     id_ref_t key = {id, 0}, *hit = bsearch(&key, ix, w->n, sizeof *ix, by_id);
@@ -139,16 +112,15 @@ static int read_labels(const char *path, const ac_ctrl_zoo_t *z, const ac_worklo
     if (hit && v >= 0) lab[(size_t)hit->task * AC_CTRL_MAX_VARIANTS + v] = json_is_true(succ) ? 1 : 0;
     json_decref(o);
   }
-  if (!rc && lineno == 0) rc = ac_error(AC_EFORMAT, "%s: empty file", path);
+  if (rc == 1) rc = 0;
   if (!rc && unknown_task)
     fprintf(stderr, "acq train-controller: %ld of %ld labels name tasks that are not in the workload (ignored)\n",
             unknown_task, lines);
   if (!rc && unknown_var)
     fprintf(stderr, "acq train-controller: %ld labels name variants the zoo does not have (%s; ignored)\n", unknown_var,
             warned_var);
-  free(line);
   free(ix);
-  fclose(f);
+  ac_labels_close(&lf);
   return rc;
 }
 
