@@ -89,31 +89,6 @@ static int send_task(void *s, const bench_t *b, const policy_t *p, int i, const 
   return ac_msg_send(s, 0, NULL, NULL, &env);
 }
 
-// Waits up to ms for one Envelope. 0 ok, 1 timeout, else an error code.
-static int recv_env(void *s, double ms, ac_env_t **env) {
-  *env = NULL;
-  zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-  double end = ac_mono_ms() + ms;
-  for (;;) {
-    double left = end - ac_mono_ms();
-    if (left <= 0) return 1;
-    int rc = zmq_poll(&it, 1, (long)left + 1);
-    if (rc < 0 && errno != EINTR) return ac_error(AC_EIO, "zmq_poll: %s", zmq_strerror(errno));
-    if (rc <= 0) continue;
-    ac_frames_t f;
-    int r = ac_frames_recv(s, &f);
-    if (r == AC_ENOTFOUND) continue;
-    if (r) return r;
-    r = ac_msg_unpack(f.payload, f.payload_len, 0, env);
-    ac_frames_free(&f);
-    if (r) {
-      fprintf(stderr, "acbench: replay: unreadable reply from the router: %s\n", ac_errmsg());
-      continue;
-    }
-    return 0;
-  }
-}
-
 int acb_replay(const bench_t *b, policy_t *p, const replay_opts_t *o) {
   int n = o->limit > 0 && o->limit < b->n ? o->limit : b->n;
   int C = o->concurrency > 0 ? o->concurrency : 1;
@@ -192,7 +167,7 @@ int acb_replay(const bench_t *b, policy_t *p, const replay_opts_t *o) {
     }
     if (rc || busy == 0) break;
     ac_env_t *env = NULL;
-    int got = recv_env(s, o->timeout_ms, &env);
+    int got = ac_msg_recv_env(s, o->timeout_ms, NULL, &env);
     if (got == 1) {
       rc = ac_error(AC_EIO, "replay of %s: no answer from the router at %s for %.0f ms", p->name, o->router,
                     o->timeout_ms);

@@ -3,10 +3,12 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "error.h"
 
 int ac_msg_unpack(const void *data, size_t len, size_t max_bytes, ac_env_t **out) {
@@ -171,4 +173,28 @@ void ac_frames_free(ac_frames_t *f) {
 
 void ac_frames_route(const ac_frames_t *f, const void **parts) {
   for (int i = 0; i < f->nparts; i++) parts[i] = f->parts[i];
+}
+
+int ac_msg_recv_env(void *sock, double ms, const volatile sig_atomic_t *stop, ac_env_t **env) {
+  *env = NULL;
+  zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+  double end = ac_mono_ms() + ms;
+  for (;;) {
+    double left = end - ac_mono_ms();
+    if (left <= 0 || (stop && *stop)) return 1;
+    int rc = zmq_poll(&it, 1, (long)(left < 200 ? left + 1 : 200));
+    if (rc < 0 && errno != EINTR) return ac_error(AC_EIO, "zmq_poll: %s", zmq_strerror(errno));
+    if (rc <= 0) continue;
+    ac_frames_t f;
+    int r = ac_frames_recv(sock, &f);
+    if (r == AC_ENOTFOUND) continue;
+    if (r) return r;
+    r = ac_msg_unpack(f.payload, f.payload_len, 0, env);
+    ac_frames_free(&f);
+    if (r) {
+      fprintf(stderr, "unreadable reply skipped: %s\n", ac_errmsg());
+      continue;
+    }
+    return 0;
+  }
 }

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 
 #include "agentcompress.pb-c.h"
@@ -29,6 +30,12 @@ int ac_msg_pack(ac_env_t *env, uint8_t **buf, size_t *len);
 // <prefix>cmd:<worker>).
 int ac_msg_pack_reload(const char *id, const char *worker, const char *variant, const char *reason,
                        uint64_t issued_at_ms, uint8_t **buf, size_t *len);
+
+// Waits up to ms for one Envelope on a DEALER socket (the last frame; a delimiter may come
+// first). Unreadable replies are skipped (said on stderr). Returns 0 with *env (free with
+// ac_msg_free), 1 on timeout or when *stop becomes non-zero (stop may be NULL; it is looked at
+// every 200 ms), or an error code.
+int ac_msg_recv_env(void *sock, double ms, const volatile sig_atomic_t *stop, ac_env_t **env);
 
 // Sends `nparts` routing frames (identity, and for REQ-style peers the empty delimiter) then env.
 // Non-blocking: returns AC_EIO if the peer cannot take it now (its queue is full or it is gone).

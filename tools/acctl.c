@@ -779,35 +779,13 @@ static void *router_socket(void *zctx, const opts_t *o) {
 
 // Waits up to `ms` for one message; its Envelope in *env. 0 ok, 1 timeout, -1 error/interrupt.
 static int router_recv(void *s, double ms, ac_env_t **env) {
-  *env = NULL;
-  zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-  double end = ac_mono_ms() + ms;
-  for (;;) {
-    double left = end - ac_mono_ms();
-    if (left <= 0) return 1;
-    if (interrupted) return -1;
-    int rc = zmq_poll(&it, 1, (long)(left < 200 ? left + 1 : 200));  // wake up now and then for ^C
-    if (rc < 0 && errno != EINTR) {
-      fail("zmq_poll: %s", zmq_strerror(errno));
-      return -1;
-    }
-    if (rc <= 0) continue;
-    ac_frames_t f;
-    int r = ac_frames_recv(s, &f);
-    if (r == AC_ENOTFOUND) continue;
-    if (r) {
-      fail("%s", ac_errmsg());
-      return -1;
-    }
-    // The last frame is the Envelope (an empty delimiter may come first).
-    r = ac_msg_unpack(f.payload, f.payload_len, 0, env);
-    ac_frames_free(&f);
-    if (r) {
-      fail("unreadable reply from the router: %s", ac_errmsg());
-      continue;
-    }
-    return 0;
+  int rc = ac_msg_recv_env(s, ms, &interrupted, env);
+  if (rc == 1 && interrupted) return -1;
+  if (rc < 0) {
+    fail("%s", ac_errmsg());
+    return -1;
   }
+  return rc;
 }
 
 static int send_env(void *s, ac_env_t *env) {
