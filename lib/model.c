@@ -3,13 +3,18 @@
 #include "model.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "error.h"
 #include "quant.h"
 #include "threadpool.h"
+#ifdef AC_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 
 // --- loading --------------------------------------------------------------------------------
 
@@ -107,6 +112,7 @@ static int bind(ac_model_t *m, ac_weight_t *w, const char *name, int64_t ne0, in
   w->ne[1] = ne1;
   w->data = t->data;
   w->row_bytes = ac_row_size(t->type, ne0);
+  w->stride = w->row_bytes;
   return 0;
 }
 
@@ -292,20 +298,141 @@ void ac_model_destroy(ac_model_t **self_p) {
   *self_p = NULL;
 }
 
+// --- tensor-parallel shards -------------------------------------------------------------------
+
+static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
+static int64_t lcm64(int64_t a, int64_t b) { return a / gcd64(a, b) * b; }
+
+// Columns at which a row-parallel weight's input may be split: multiples of its block and of its
+// activation type's block (for a factored weight, of the first factor's, which reads the input).
+static int64_t split_unit(const ac_weight_t *w) {
+  if (w->lr_a) w = w->lr_a;
+  const ac_type_traits_t *tt = ac_type_traits(w->type);
+  return lcm64(tt->blck_size, ac_type_traits(tt->vec_dot_type)->blck_size);
+}
+
+// Rank r's share [*lo, *hi) of n_chunks chunks split as evenly as they go.
+static void share(int64_t n_chunks, int r, int k, int64_t *lo, int64_t *hi) {
+  *lo = n_chunks * r / k;
+  *hi = n_chunks * (r + 1) / k;
+}
+
+// Rows [r0, r0 + n) of w (column-parallel): a factored weight keeps its first factor whole and
+// takes the rows of the second.
+static ac_weight_t view_rows(ac_shard_t *s, int *nf, const ac_weight_t *w, int64_t r0, int64_t n) {
+  ac_weight_t v = *w;
+  v.ne[1] = n;
+  if (w->lr_a) {
+    ac_weight_t *b = &s->factors[(*nf)++];
+    *b = view_rows(s, nf, w->lr_b, r0, n);
+    v.lr_b = b;
+  } else {
+    v.data = (const uint8_t *)w->data + r0 * w->stride;
+  }
+  return v;
+}
+
+// Columns [c0, c0 + n) of every row of w (row-parallel; c0 and n on block boundaries): a factored
+// weight takes the columns of its first factor and keeps the second whole, so each rank's
+// product B·(A_cols x_cols) is a partial sum of B·A x.
+static ac_weight_t view_cols(ac_shard_t *s, int *nf, const ac_weight_t *w, int64_t c0, int64_t n) {
+  ac_weight_t v = *w;
+  v.ne[0] = n;
+  if (w->lr_a) {
+    ac_weight_t *a = &s->factors[(*nf)++];
+    *a = view_cols(s, nf, w->lr_a, c0, n);
+    v.lr_a = a;
+  } else {
+    v.data = (const uint8_t *)w->data + ac_row_size(w->type, c0);
+    v.row_bytes = ac_row_size(w->type, n);
+  }
+  return v;
+}
+
+int ac_model_shard(const ac_model_t *m, int rank, int size, ac_shard_t *out) {
+  memset(out, 0, sizeof *out);
+  const ac_hparams_t *hp = &m->hp;
+  if (size < 1 || rank < 0 || rank >= size) return ac_error(AC_EINVAL, "rank %d of a group of %d", rank, size);
+  out->rank = rank;
+  out->size = size;
+  out->layers = calloc(hp->n_layer, sizeof *out->layers);
+  out->factors = calloc(8 * (size_t)hp->n_layer + 2, sizeof *out->factors);
+  if (!out->layers || !out->factors) {
+    ac_shard_free(out);
+    return ac_error(AC_ENOMEM, "out of memory");
+  }
+  int nf = 0;
+  const int64_t hd = hp->head_dim;
+  for (int l = 0; l < hp->n_layer; l++) {
+    const ac_layer_t *ly = &m->layers[l];
+    ac_layer_shard_t *sl = &out->layers[l];
+    const int64_t Hkv = hp->n_head_kv[l], group = hp->n_head[l] / Hkv, F = hp->n_ff[l];
+    // Whole kv heads, in chunks whose first column in wo's input is on a block boundary.
+    int64_t head_cols = group * hd, step = lcm64(head_cols, split_unit(&ly->wo)) / head_cols, lo, hi;
+    share((Hkv + step - 1) / step, rank, size, &lo, &hi);
+    lo *= step;
+    hi = hi * step < Hkv ? hi * step : Hkv;
+    if (lo > hi) lo = hi;
+    sl->kv0 = (int32_t)lo;
+    sl->n_kv = (int32_t)(hi - lo);
+    sl->wq = view_rows(out, &nf, &ly->wq, lo * head_cols, (hi - lo) * head_cols);
+    sl->wk = view_rows(out, &nf, &ly->wk, lo * hd, (hi - lo) * hd);
+    sl->wv = view_rows(out, &nf, &ly->wv, lo * hd, (hi - lo) * hd);
+    sl->wo = view_cols(out, &nf, &ly->wo, lo * head_cols, (hi - lo) * head_cols);
+    int64_t unit = split_unit(&ly->ffn_down);
+    share((F + unit - 1) / unit, rank, size, &lo, &hi);
+    lo *= unit;
+    hi = hi * unit < F ? hi * unit : F;
+    if (lo > hi) lo = hi;
+    sl->ff0 = (int32_t)lo;
+    sl->n_ff = (int32_t)(hi - lo);
+    sl->ffn_gate = view_rows(out, &nf, &ly->ffn_gate, lo, hi - lo);
+    sl->ffn_up = view_rows(out, &nf, &ly->ffn_up, lo, hi - lo);
+    sl->ffn_down = view_cols(out, &nf, &ly->ffn_down, lo, hi - lo);
+  }
+  const int64_t V = hp->n_vocab;
+  out->vocab_pad = (int32_t)((V + size - 1) / size);
+  int64_t v0 = (int64_t)rank * out->vocab_pad, nv = V - v0 < out->vocab_pad ? V - v0 : out->vocab_pad;
+  if (nv < 0) nv = 0;
+  out->vocab0 = (int32_t)(v0 < V ? v0 : V);
+  out->n_vocab = (int32_t)nv;
+  out->output = view_rows(out, &nf, &m->output, out->vocab0, nv);
+  return 0;
+}
+
+void ac_shard_free(ac_shard_t *s) {
+  free(s->layers);
+  free(s->factors);
+  memset(s, 0, sizeof *s);
+}
+
 // --- contexts -------------------------------------------------------------------------------
 
 struct ac_ctx {
   const ac_model_t *m;
   ac_ctx_params_t p;
   ac_pool_t *pool;
-  // KV cache, per layer, f16: k[l] is (n_seq, n_head_kv[l], n_ctx, head_dim), so one head's keys
-  // are contiguous rows; v[l] is (n_seq, n_head_kv[l], head_dim, n_ctx), transposed, so each
-  // output dimension of attention is one dot product over positions.
+  ac_shard_t shard;  // this rank's views (the whole model without tensor parallelism)
+  ac_comm_t *comm;   // NULL without tensor parallelism
+  // A group this context built itself (p.tp > 1, no p.comm): the followers' contexts, their
+  // threads, and the communicators (the leader's is comms[0]).
+  ac_ctx_t **followers;
+  pthread_t *threads;
+  ac_comm_t **comms;
+  int n_followers;
+  // The leader's calls as broadcast to the followers (n_batch each).
+  int32_t *bc_tokens, *bc_seqs;
+  int8_t *bc_want;
+  // KV cache of this rank's kv heads, per layer, f16: k[l] is (n_seq, n_kv, n_ctx, head_dim), so
+  // one head's keys are contiguous rows; v[l] is (n_seq, n_kv, head_dim, n_ctx), transposed, so
+  // each output dimension of attention is one dot product over positions.
   uint16_t **k, **v;
+  size_t kv_bytes;
   int32_t *seq_len;  // (n_seq)
   // Scratch for one batch of up to n_batch rows, one allocation (see ctx_new for the shapes).
   float *buf;
   float *x, *xb, *q, *kk, *vv, *att, *hg, *hu;
+  float *lgt, *lgt_all;  // tensor parallelism: this rank's logits (n_batch, vocab_pad), all ranks'
   void *actq;        // activation rows converted to a weight's vec_dot_type
   float *scores;     // (n_threads, n_ctx) attention scores
   uint16_t *probs;   // (n_threads, n_ctx) attention probabilities rounded to f16
@@ -313,9 +440,14 @@ struct ac_ctx {
   float *lr_tmp;     // (n_batch, max_rank) A·x of a low-rank weight
   int32_t *pos;      // (n_batch) position of each row
   int32_t max_q, max_kv, max_ff;
+#ifdef AC_HAVE_CUDA
+  ac_cuda_ctx_t *cuda;  // the arithmetic runs there when p.backend is AC_BACKEND_CUDA
+#endif
   ac_observer_fn observer;
   void *observer_user;
 };
+
+static int group_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t *leader);
 
 int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   *out = NULL;
@@ -324,29 +456,75 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   if (p.n_seq <= 0) p.n_seq = 1;
   if (p.n_batch <= 0) p.n_batch = 512;
   if (p.n_threads <= 0) p.n_threads = 1;
-  if (p.n_ctx > (1 << 20) || p.n_seq > 4096 || p.n_batch > 65536 || p.n_threads > 512)
+  if (p.tp <= 0) p.tp = 1;
+  if (p.n_ctx > (1 << 20) || p.n_seq > 4096 || p.n_batch > 65536 || p.n_threads > 512 || p.tp > 64)
     return ac_error(AC_ERANGE, "context parameters out of range");
+  if (p.comm && p.tp > 1 && p.tp != p.comm->size)
+    return ac_error(AC_EINVAL, "tp %d does not match the communicator's group of %d", p.tp, p.comm->size);
+  if (p.backend != AC_BACKEND_CPU && p.backend != AC_BACKEND_CUDA) return ac_error(AC_EINVAL, "unknown backend %d", p.backend);
+#ifndef AC_HAVE_CUDA
+  if (p.backend == AC_BACKEND_CUDA)
+    return ac_error(AC_EUNSUPPORTED, "this build has no CUDA backend (configure with -DAC_CUDA=ON)");
+#endif
+  if (p.backend == AC_BACKEND_CUDA && p.tp > 1 && !p.comm)
+    return ac_error(AC_EUNSUPPORTED, "tensor parallelism on CUDA runs one process per GPU (give a NCCL communicator)");
   ac_ctx_t *c = calloc(1, sizeof *c);
   if (!c) return ac_error(AC_ENOMEM, "out of memory");
   c->m = m;
   c->p = p;
+  c->comm = p.comm;
+  int rc = ac_model_shard(m, c->comm ? c->comm->rank : 0, c->comm ? c->comm->size : p.tp, &c->shard);
+  if (rc) {
+    free(c);
+    return rc;
+  }
+  if (p.tp > 1 && !p.comm) {  // builds the group: this context is rank 0
+    if ((rc = group_new(m, p, c))) {
+      ac_ctx_destroy(&c);
+      return rc;
+    }
+  }
+  const ac_shard_t *sh = &c->shard;
   int L = hp->n_layer, hd = hp->head_dim;
   for (int l = 0; l < L; l++) {
-    if (hp->n_head[l] * hd > c->max_q) c->max_q = hp->n_head[l] * hd;
-    if (hp->n_head_kv[l] * hd > c->max_kv) c->max_kv = hp->n_head_kv[l] * hd;
-    if (hp->n_ff[l] > c->max_ff) c->max_ff = hp->n_ff[l];
-  }
-  c->k = calloc(L, sizeof *c->k);
-  c->v = calloc(L, sizeof *c->v);
-  c->seq_len = calloc(p.n_seq, sizeof *c->seq_len);
-  if (!c->k || !c->v || !c->seq_len) goto oom;
-  for (int l = 0; l < L; l++) {
-    size_t n = (size_t)p.n_seq * hp->n_head_kv[l] * p.n_ctx * hd;
-    c->k[l] = malloc(n * sizeof(uint16_t));
-    c->v[l] = malloc(n * sizeof(uint16_t));
-    if (!c->k[l] || !c->v[l]) goto oom;
+    int32_t kv = sh->layers[l].n_kv * hd, q = kv * (hp->n_head[l] / hp->n_head_kv[l]);
+    if (q > c->max_q) c->max_q = q;
+    if (kv > c->max_kv) c->max_kv = kv;
+    if (sh->layers[l].n_ff > c->max_ff) c->max_ff = sh->layers[l].n_ff;
   }
   size_t B = p.n_batch, E = hp->n_embd;
+  c->seq_len = calloc(p.n_seq, sizeof *c->seq_len);
+  c->pos = malloc(B * sizeof *c->pos);
+  c->bc_tokens = malloc(B * sizeof *c->bc_tokens);
+  c->bc_seqs = malloc(B * sizeof *c->bc_seqs);
+  c->bc_want = malloc(B);
+  if (!c->seq_len || !c->pos || !c->bc_tokens || !c->bc_seqs || !c->bc_want) goto oom;
+  if (sh->size > 1) {
+    c->lgt = malloc(B * sh->vocab_pad * sizeof *c->lgt);
+    c->lgt_all = malloc(B * sh->vocab_pad * sh->size * sizeof *c->lgt_all);
+    if (!c->lgt || !c->lgt_all) goto oom;
+  }
+#ifdef AC_HAVE_CUDA
+  if (p.backend == AC_BACKEND_CUDA) {
+    if ((rc = ac_cuda_ctx_new(m, sh, c->comm, &c->p, &c->cuda))) {
+      ac_ctx_destroy(&c);
+      return rc;
+    }
+    c->kv_bytes = ac_cuda_ctx_kv_bytes(c->cuda);
+    *out = c;
+    return 0;
+  }
+#endif
+  c->k = calloc(L, sizeof *c->k);
+  c->v = calloc(L, sizeof *c->v);
+  if (!c->k || !c->v) goto oom;
+  for (int l = 0; l < L; l++) {
+    size_t n = (size_t)p.n_seq * sh->layers[l].n_kv * p.n_ctx * hd;
+    c->k[l] = malloc(n * sizeof(uint16_t) + 1);
+    c->v[l] = malloc(n * sizeof(uint16_t) + 1);
+    if (!c->k[l] || !c->v[l]) goto oom;
+    c->kv_bytes += 2 * n * sizeof(uint16_t);
+  }
   size_t widest = E > (size_t)c->max_q ? E : (size_t)c->max_q;
   if ((size_t)c->max_ff > widest) widest = c->max_ff;
   size_t floats = B * E * 2 + B * c->max_q * 2 + B * c->max_kv * 2 + B * c->max_ff * 2 +
@@ -354,19 +532,18 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   c->buf = malloc(floats * sizeof(float));
   // The widest activation row in the largest vec_dot_type (f32 = 4 bytes per element).
   c->actq = malloc(B * widest * sizeof(float) + 64);
-  c->pos = malloc(B * sizeof *c->pos);
   c->probs = malloc((size_t)p.n_threads * p.n_ctx * sizeof *c->probs);
   c->lr_tmp = malloc(B * (m->max_rank ? m->max_rank : 1) * sizeof *c->lr_tmp);
-  if (!c->buf || !c->actq || !c->pos || !c->probs || !c->lr_tmp) goto oom;
+  if (!c->buf || !c->actq || !c->probs || !c->lr_tmp) goto oom;
   float *f = c->buf;
   c->x = f, f += B * E;          // (B, n_embd) residual stream
-  c->xb = f, f += B * E;         // (B, n_embd) normed input
-  c->q = f, f += B * c->max_q;   // (B, n_head*hd)
-  c->att = f, f += B * c->max_q; // (B, n_head*hd) attention output
-  c->kk = f, f += B * c->max_kv; // (B, n_head_kv*hd)
+  c->xb = f, f += B * E;         // (B, n_embd) normed input; partial sums of row-parallel products
+  c->q = f, f += B * c->max_q;   // (B, this rank's query heads * hd)
+  c->att = f, f += B * c->max_q; // (B, this rank's query heads * hd) attention output
+  c->kk = f, f += B * c->max_kv; // (B, this rank's kv heads * hd)
   c->vv = f, f += B * c->max_kv;
-  c->hg = f, f += B * c->max_ff; // (B, n_ff) gate, then silu(gate)*up
-  c->hu = f, f += B * c->max_ff; // (B, n_ff) up
+  c->hg = f, f += B * c->max_ff; // (B, this rank's FFN columns) gate, then silu(gate)*up
+  c->hu = f, f += B * c->max_ff; // (B, this rank's FFN columns) up
   c->scores = f, f += (size_t)p.n_threads * p.n_ctx;
   c->rope_cs = f;
   c->pool = ac_pool_new(p.n_threads);
@@ -378,20 +555,84 @@ oom:
   return ac_error(AC_ENOMEM, "out of memory for a context of %d positions x %d sequences", p.n_ctx, p.n_seq);
 }
 
+// --- the tensor-parallel group ------------------------------------------------------------------
+// Rank 0 (the leader) broadcasts a header for each call, then the call's rows; the followers run
+// the same call on their shards. Collectives inside the forward pass keep the ranks in step.
+
+enum { OP_EVAL = 1, OP_TRUNCATE = 2, OP_STOP = 3 };
+typedef struct {
+  int32_t op, n, seq, len;
+} call_t;
+
+static void *follower_main(void *arg) {
+  ac_ctx_t *c = arg;
+  int rc = ac_ctx_follow(c);
+  if (rc) fprintf(stderr, "tensor-parallel rank %d stopped: %s\n", c->comm->rank, ac_errmsg());
+  return NULL;
+}
+
+static int group_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t *leader) {
+  int K = p.tp, rc;
+  leader->comms = calloc(K, sizeof *leader->comms);
+  leader->followers = calloc(K - 1, sizeof *leader->followers);
+  leader->threads = calloc(K - 1, sizeof *leader->threads);
+  if (!leader->comms || !leader->followers || !leader->threads) return ac_error(AC_ENOMEM, "out of memory");
+  if ((rc = ac_comm_cpu_group(K, leader->comms))) return rc;
+  leader->comm = leader->comms[0];
+  for (int r = 1; r < K; r++) {
+    ac_ctx_params_t fp = p;
+    fp.comm = leader->comms[r];
+    fp.tp = K;
+    if ((rc = ac_ctx_new(m, fp, &leader->followers[r - 1]))) return rc;
+  }
+  for (int r = 1; r < K; r++) {
+    if (pthread_create(&leader->threads[r - 1], NULL, follower_main, leader->followers[r - 1]))
+      return ac_error(AC_ENOMEM, "cannot start the thread of rank %d", r);
+    leader->n_followers = r;
+  }
+  return 0;
+}
+
+// Sends a call to the followers (a no-op without a group).
+static int lead(ac_ctx_t *c, call_t call) {
+  if (!c->comm || c->comm->size == 1) return 0;
+  return ac_comm_broadcast(c->comm, &call, sizeof call, 0);
+}
+
 void ac_ctx_destroy(ac_ctx_t **self_p) {
   ac_ctx_t *c = *self_p;
   if (!c) return;
+  bool leader = c->comm && c->comm->size > 1 && c->comm->rank == 0;
+  // A group this context built but could not start in full has no followers to tell.
+  if (leader && (!c->comms || c->n_followers == c->comm->size - 1)) lead(c, (call_t){OP_STOP, 0, 0, 0});
+  for (int r = 0; r < c->n_followers; r++) pthread_join(c->threads[r], NULL);
+  if (c->followers)
+    for (int r = 0; r < c->p.tp - 1; r++) ac_ctx_destroy(&c->followers[r]);
+  if (c->comms)
+    for (int r = 0; r < c->p.tp; r++) ac_comm_destroy(&c->comms[r]);
+  free(c->followers);
+  free(c->threads);
+  free(c->comms);
+#ifdef AC_HAVE_CUDA
+  ac_cuda_ctx_destroy(&c->cuda);
+#endif
   for (int l = 0; c->k && l < c->m->hp.n_layer; l++) free(c->k[l]);
   for (int l = 0; c->v && l < c->m->hp.n_layer; l++) free(c->v[l]);
   free(c->k);
   free(c->v);
   free(c->seq_len);
   free(c->buf);
+  free(c->lgt);
+  free(c->lgt_all);
   free(c->actq);
   free(c->pos);
+  free(c->bc_tokens);
+  free(c->bc_seqs);
+  free(c->bc_want);
   free(c->probs);
   free(c->lr_tmp);
   ac_pool_destroy(&c->pool);
+  ac_shard_free(&c->shard);
   free(c);
   *self_p = NULL;
 }
@@ -403,14 +644,24 @@ void ac_ctx_set_observer(ac_ctx_t *ctx, ac_observer_fn fn, void *user) {
 
 int32_t ac_ctx_n_ctx(const ac_ctx_t *ctx) { return ctx->p.n_ctx; }
 int32_t ac_ctx_n_batch(const ac_ctx_t *ctx) { return ctx->p.n_batch; }
+size_t ac_ctx_kv_bytes(const ac_ctx_t *ctx) { return ctx->kv_bytes; }
 int32_t ac_ctx_seq_len(const ac_ctx_t *ctx, int32_t seq) {
   return seq >= 0 && seq < ctx->p.n_seq ? ctx->seq_len[seq] : -1;
 }
 
+static bool is_follower(const ac_ctx_t *c) { return c->comm && c->comm->rank != 0; }
+
+static void truncate_seq(ac_ctx_t *ctx, int32_t seq, int32_t len) {
+  if (len < ctx->seq_len[seq]) ctx->seq_len[seq] = len;
+}
+
 int ac_ctx_seq_truncate(ac_ctx_t *ctx, int32_t seq, int32_t len) {
+  if (is_follower(ctx)) return ac_error(AC_EINVAL, "rank %d follows its leader: only rank 0 takes calls", ctx->comm->rank);
   if (seq < 0 || seq >= ctx->p.n_seq) return ac_error(AC_EINVAL, "no sequence slot %d", seq);
   if (len < 0) return ac_error(AC_EINVAL, "negative length");
-  if (len < ctx->seq_len[seq]) ctx->seq_len[seq] = len;
+  int rc = lead(ctx, (call_t){OP_TRUNCATE, 0, seq, len});
+  if (rc) return rc;
+  truncate_seq(ctx, seq, len);
   return 0;
 }
 
@@ -456,22 +707,22 @@ static void matmul_worker(void *arg, int ith, int nth) {
       int64_t r = r0;
       if (tt->vec_dot_r4 && n4 < n1) {
         for (; r + 4 <= r1; r += 4) {
-          const uint8_t *wrow = wd + r * w->row_bytes;
+          const uint8_t *wrow = wd + r * w->stride;
           for (int n = n0; n < n4; n += 4)
             for (int k = 0; k < 4; k += 2)
-              tt->vec_dot_4(w->ne[0], 2, &out[(size_t)n * M + r + k], (size_t)M, wrow + k * w->row_bytes, w->row_bytes, act + n * as, as);
+              tt->vec_dot_4(w->ne[0], 2, &out[(size_t)n * M + r + k], (size_t)M, wrow + k * w->stride, w->stride, act + n * as, as);
           for (int n = n4; n < n1; n++)
-            tt->vec_dot_r4(w->ne[0], &out[(size_t)n * M + r], wrow, w->row_bytes, act + n * as);
+            tt->vec_dot_r4(w->ne[0], &out[(size_t)n * M + r], wrow, w->stride, act + n * as);
         }
       }
       for (; r < r1; r += 2) {
         const int nr = r + 2 <= r1 ? 2 : 1;
-        const uint8_t *wrow = wd + r * w->row_bytes;
+        const uint8_t *wrow = wd + r * w->stride;
         for (int n = n0; n < n4; n += 4)
-          tt->vec_dot_4(w->ne[0], nr, &out[(size_t)n * M + r], (size_t)M, wrow, w->row_bytes, act + n * as, as);
+          tt->vec_dot_4(w->ne[0], nr, &out[(size_t)n * M + r], (size_t)M, wrow, w->stride, act + n * as, as);
         for (int k = 0; k < nr; k++)
           for (int n = n4; n < n1; n++)
-            tt->vec_dot(w->ne[0], &out[(size_t)n * M + r + k], wrow + k * w->row_bytes, act + n * as);
+            tt->vec_dot(w->ne[0], &out[(size_t)n * M + r + k], wrow + k * w->stride, act + n * as);
       }
     }
   }
@@ -586,8 +837,8 @@ static void attn_worker(void *arg, int ith, int nth) {
   const attn_job_t *j = arg;
   ac_ctx_t *c = j->c;
   const ac_hparams_t *hp = &c->m->hp;
-  int l = j->layer, H = hp->n_head[l], Hkv = hp->n_head_kv[l], hd = hp->head_dim, T = c->p.n_ctx;
-  int group = H / Hkv;
+  int l = j->layer, group = hp->n_head[l] / hp->n_head_kv[l], hd = hp->head_dim, T = c->p.n_ctx;
+  int Hkv = c->shard.layers[l].n_kv, H = Hkv * group;  // this rank's heads
   float scale = 1.0f / sqrtf((float)hd);
   float *sc = c->scores + (size_t)ith * T;
   uint16_t *p16 = c->probs + (size_t)ith * T;
@@ -619,13 +870,11 @@ static void attn_worker(void *arg, int ith, int nth) {
 
 // --- the forward pass -----------------------------------------------------------------------
 
-int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *seqs,
-                const int8_t *want_logits, float *logits) {
-  const ac_model_t *m = c->m;
-  const ac_hparams_t *hp = &m->hp;
+// Checks a batch and gives each row its position; on error nothing has changed.
+static int place_rows(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *seqs) {
+  const ac_hparams_t *hp = &c->m->hp;
   if (n <= 0) return ac_error(AC_EINVAL, "empty batch");
   if (n > c->p.n_batch) return ac_error(AC_ERANGE, "batch of %d rows is larger than n_batch %d", n, c->p.n_batch);
-  // Validate everything before touching the cache, and assign positions.
   for (int r = 0; r < n; r++) {
     int s = seqs ? seqs[r] : 0;
     if (s < 0 || s >= c->p.n_seq) return ac_error(AC_EINVAL, "row %d: no sequence slot %d", r, s);
@@ -643,59 +892,154 @@ int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *se
                       seqs ? seqs[r] : 0, c->pos[r], c->p.n_ctx);
     }
   }
+  return 0;
+}
 
+// Sums this rank's partial products (n rows of the residual width) over the group.
+static int reduce(ac_ctx_t *c, float *x, int n) {
+  if (c->shard.size == 1) return 0;
+  return ac_comm_all_reduce_sum(c->comm, x, (size_t)n * c->m->hp.n_embd);
+}
+
+// The layers and the logits for rows whose positions place_rows assigned. `want` is never NULL
+// here. Followers pass logits NULL: they compute their slice and take part in the gather only.
+static int forward(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *seqs, const int8_t *want, float *logits) {
+  const ac_model_t *m = c->m;
+  const ac_hparams_t *hp = &m->hp;
+  const ac_shard_t *sh = &c->shard;
+  int rc;
+#ifdef AC_HAVE_CUDA
+  if (c->cuda) return ac_cuda_ctx_eval(c->cuda, n, tokens, c->pos, seqs, want, logits);
+#endif
   int E = hp->n_embd, hd = hp->head_dim, T = c->p.n_ctx;
   const ac_type_traits_t *et = ac_type_traits(m->tok_embd.type);
   const ac_type_traits_t *f16 = ac_type_traits(AC_TYPE_F16);
   for (int r = 0; r < n; r++)
-    et->to_float((const uint8_t *)m->tok_embd.data + (size_t)tokens[r] * m->tok_embd.row_bytes, c->x + (size_t)r * E, E);
+    et->to_float((const uint8_t *)m->tok_embd.data + (size_t)tokens[r] * m->tok_embd.stride, c->x + (size_t)r * E, E);
   rope_tables(c, n);
 
   for (int l = 0; l < hp->n_layer; l++) {
     const ac_layer_t *ly = &m->layers[l];
-    int H = hp->n_head[l], Hkv = hp->n_head_kv[l], Q = H * hd, KV = Hkv * hd, F = hp->n_ff[l];
+    const ac_layer_shard_t *sl = &sh->layers[l];
+    int Hkv = sl->n_kv, H = Hkv * (hp->n_head[l] / hp->n_head_kv[l]), Q = H * hd, KV = Hkv * hd, F = sl->n_ff;
     for (int r = 0; r < n; r++) rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)r * E, ly->attn_norm.data, E, hp->norm_eps);
-    const ac_weight_t *qkv[3] = {&ly->wq, &ly->wk, &ly->wv};
-    float *qkv_out[3] = {c->q, c->kk, c->vv};
-    matmul_group(c, 3, qkv, qkv_out, c->xb, n);
-    for (int r = 0; r < n; r++) {
-      const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
-      for (int h = 0; h < H; h++) rope_head(c->q + (size_t)r * Q + h * hd, cs, hp->n_rot, hp->rope_type);
-      for (int h = 0; h < Hkv; h++) rope_head(c->kk + (size_t)r * KV + h * hd, cs, hp->n_rot, hp->rope_type);
-      int s = seqs ? seqs[r] : 0;
-      for (int h = 0; h < Hkv; h++) {
-        size_t head = ((size_t)s * Hkv + h) * T * hd;
-        f16->from_float(c->kk + (size_t)r * KV + h * hd, c->k[l] + head + (size_t)c->pos[r] * hd, hd);
-        const float *v = c->vv + (size_t)r * KV + h * hd;
-        uint16_t *vt = c->v[l] + head + c->pos[r];
-        for (int i = 0; i < hd; i++) vt[(size_t)i * T] = ac_f32_to_f16(v[i]);
+    if (H) {
+      const ac_weight_t *qkv[3] = {&sl->wq, &sl->wk, &sl->wv};
+      float *qkv_out[3] = {c->q, c->kk, c->vv};
+      matmul_group(c, 3, qkv, qkv_out, c->xb, n);
+      for (int r = 0; r < n; r++) {
+        const float *cs = c->rope_cs + (size_t)r * hp->n_rot;
+        for (int h = 0; h < H; h++) rope_head(c->q + (size_t)r * Q + h * hd, cs, hp->n_rot, hp->rope_type);
+        for (int h = 0; h < Hkv; h++) rope_head(c->kk + (size_t)r * KV + h * hd, cs, hp->n_rot, hp->rope_type);
+        int s = seqs ? seqs[r] : 0;
+        for (int h = 0; h < Hkv; h++) {
+          size_t head = ((size_t)s * Hkv + h) * T * hd;
+          f16->from_float(c->kk + (size_t)r * KV + h * hd, c->k[l] + head + (size_t)c->pos[r] * hd, hd);
+          const float *v = c->vv + (size_t)r * KV + h * hd;
+          uint16_t *vt = c->v[l] + head + c->pos[r];
+          for (int i = 0; i < hd; i++) vt[(size_t)i * T] = ac_f32_to_f16(v[i]);
+        }
       }
+      attn_job_t aj = {c, l, n, seqs};
+      ac_pool_run(c->pool, attn_worker, &aj);
+      if (c->observer) c->observer(c->observer_user, l, AC_OBS_ATTN_OUT, n, Q, c->att);
+      matmul1(c, &sl->wo, c->xb, c->att, n);
+    } else {
+      memset(c->xb, 0, (size_t)n * E * sizeof *c->xb);  // no heads on this rank: adds nothing
     }
-    attn_job_t aj = {c, l, n, seqs};
-    ac_pool_run(c->pool, attn_worker, &aj);
-    if (c->observer) c->observer(c->observer_user, l, AC_OBS_ATTN_OUT, n, Q, c->att);
-    matmul1(c, &ly->wo, c->xb, c->att, n);
+    if ((rc = reduce(c, c->xb, n))) return rc;
     for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb[i];
 
     for (int r = 0; r < n; r++) rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)r * E, ly->ffn_norm.data, E, hp->norm_eps);
-    const ac_weight_t *gu[2] = {&ly->ffn_gate, &ly->ffn_up};
-    float *gu_out[2] = {c->hg, c->hu};
-    matmul_group(c, 2, gu, gu_out, c->xb, n);
-    for (size_t i = 0; i < (size_t)n * F; i++) {
-      float g = c->hg[i];
-      c->hg[i] = g / (1.0f + expf(-g)) * c->hu[i];
+    if (F) {
+      const ac_weight_t *gu[2] = {&sl->ffn_gate, &sl->ffn_up};
+      float *gu_out[2] = {c->hg, c->hu};
+      matmul_group(c, 2, gu, gu_out, c->xb, n);
+      for (size_t i = 0; i < (size_t)n * F; i++) {
+        float g = c->hg[i];
+        c->hg[i] = g / (1.0f + expf(-g)) * c->hu[i];
+      }
+      if (c->observer) c->observer(c->observer_user, l, AC_OBS_FFN_HIDDEN, n, F, c->hg);
+      matmul1(c, &sl->ffn_down, c->xb, c->hg, n);
+    } else {
+      memset(c->xb, 0, (size_t)n * E * sizeof *c->xb);
     }
-    if (c->observer) c->observer(c->observer_user, l, AC_OBS_FFN_HIDDEN, n, F, c->hg);
-    matmul1(c, &ly->ffn_down, c->xb, c->hg, n);
+    if ((rc = reduce(c, c->xb, n))) return rc;
     for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb[i];
   }
 
   // Final norm and output projection for the rows that want logits, gathered contiguously.
   int n_out = 0;
-  for (int r = 0; r < n; r++) {
-    bool want = want_logits ? want_logits[r] != 0 : r == n - 1;
-    if (want) rmsnorm(c->xb + (size_t)n_out++ * E, c->x + (size_t)r * E, m->output_norm.data, E, hp->norm_eps);
+  for (int r = 0; r < n; r++)
+    if (want[r]) rmsnorm(c->xb + (size_t)n_out++ * E, c->x + (size_t)r * E, m->output_norm.data, E, hp->norm_eps);
+  if (!n_out) return 0;
+  if (sh->size == 1) {
+    matmul1(c, &sh->output, logits, c->xb, n_out);
+    return 0;
   }
-  if (n_out) matmul1(c, &m->output, logits, c->xb, n_out);
+  // Vocabulary-parallel: each rank's (n_out, vocab_pad) block, gathered, then laid out by row.
+  const size_t P = sh->vocab_pad, V = hp->n_vocab;
+  if (sh->n_vocab) matmul1(c, &sh->output, c->lgt, c->xb, n_out);
+  // matmul1 wrote n_out rows of n_vocab; spread them to rows of vocab_pad (from the last row back).
+  for (int r = n_out - 1; r >= 0; r--) {
+    memmove(c->lgt + (size_t)r * P, c->lgt + (size_t)r * sh->n_vocab, sh->n_vocab * sizeof *c->lgt);
+    memset(c->lgt + (size_t)r * P + sh->n_vocab, 0, (P - sh->n_vocab) * sizeof *c->lgt);
+  }
+  if ((rc = ac_comm_all_gather(c->comm, c->lgt, c->lgt_all, (size_t)n_out * P))) return rc;
+  if (!logits) return 0;
+  for (int k = 0; k < sh->size; k++) {
+    size_t v0 = (size_t)k * P, nv = v0 < V ? (V - v0 < P ? V - v0 : P) : 0;
+    for (int r = 0; r < n_out; r++)
+      memcpy(logits + (size_t)r * V + v0, c->lgt_all + ((size_t)k * n_out + r) * P, nv * sizeof *logits);
+  }
   return 0;
+}
+
+int ac_ctx_eval(ac_ctx_t *c, int32_t n, const int32_t *tokens, const int32_t *seqs,
+                const int8_t *want_logits, float *logits) {
+  if (is_follower(c)) return ac_error(AC_EINVAL, "rank %d follows its leader: only rank 0 takes calls", c->comm->rank);
+  int rc = place_rows(c, n, tokens, seqs);
+  if (rc) return rc;
+  // The rows as every rank will run them (the defaults of NULL seqs and want_logits filled in).
+  for (int r = 0; r < n; r++) {
+    c->bc_tokens[r] = tokens[r];
+    c->bc_seqs[r] = seqs ? seqs[r] : 0;
+    c->bc_want[r] = want_logits ? want_logits[r] != 0 : r == n - 1;
+  }
+  if (c->comm && c->comm->size > 1) {
+    if ((rc = lead(c, (call_t){OP_EVAL, n, 0, 0})) || (rc = ac_comm_broadcast(c->comm, c->bc_tokens, n * sizeof *c->bc_tokens, 0)) ||
+        (rc = ac_comm_broadcast(c->comm, c->bc_seqs, n * sizeof *c->bc_seqs, 0)) ||
+        (rc = ac_comm_broadcast(c->comm, c->bc_want, n, 0)))
+      return rc;
+  }
+  return forward(c, n, c->bc_tokens, c->bc_seqs, c->bc_want, logits);
+}
+
+int ac_ctx_follow(ac_ctx_t *c) {
+  if (!is_follower(c)) return ac_error(AC_EINVAL, "ac_ctx_follow is for ranks > 0 of a tensor-parallel group");
+  for (;;) {
+    call_t call;
+    int rc = ac_comm_broadcast(c->comm, &call, sizeof call, 0);
+    if (rc) return rc;
+    switch (call.op) {
+      case OP_STOP:
+        return 0;
+      case OP_TRUNCATE:
+        truncate_seq(c, call.seq, call.len);
+        break;
+      case OP_EVAL: {
+        int n = call.n;
+        if ((rc = ac_comm_broadcast(c->comm, c->bc_tokens, n * sizeof *c->bc_tokens, 0)) ||
+            (rc = ac_comm_broadcast(c->comm, c->bc_seqs, n * sizeof *c->bc_seqs, 0)) ||
+            (rc = ac_comm_broadcast(c->comm, c->bc_want, n, 0)))
+          return rc;
+        // The leader checked the rows; placing them here cannot fail while the ranks agree.
+        if ((rc = place_rows(c, n, c->bc_tokens, c->bc_seqs)) || (rc = forward(c, n, c->bc_tokens, c->bc_seqs, c->bc_want, NULL)))
+          return rc;
+        break;
+      }
+      default:
+        return ac_error(AC_EFORMAT, "unknown call %d from the leader", call.op);
+    }
+  }
 }
