@@ -445,6 +445,7 @@ struct ac_ctx {
 #endif
   ac_observer_fn observer;
   void *observer_user;
+  bool ready;  // fully built: a leader's destroy then tells its followers to stop
 };
 
 static int group_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t *leader);
@@ -511,6 +512,7 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
       return rc;
     }
     c->kv_bytes = ac_cuda_ctx_kv_bytes(c->cuda);
+    c->ready = true;
     *out = c;
     return 0;
   }
@@ -548,6 +550,7 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   c->rope_cs = f;
   c->pool = ac_pool_new(p.n_threads);
   if (!c->pool) goto oom;
+  c->ready = true;
   *out = c;
   return 0;
 oom:
@@ -603,8 +606,10 @@ void ac_ctx_destroy(ac_ctx_t **self_p) {
   ac_ctx_t *c = *self_p;
   if (!c) return;
   bool leader = c->comm && c->comm->size > 1 && c->comm->rank == 0;
-  // A group this context built but could not start in full has no followers to tell.
-  if (leader && (!c->comms || c->n_followers == c->comm->size - 1)) lead(c, (call_t){OP_STOP, 0, 0, 0});
+  // Followers wait for a call only once they run ac_ctx_follow: those of a group this context
+  // started in full, or those of the caller's group once this context was built (a failed build
+  // must not send them a call they are not waiting for).
+  if (leader && (c->comms ? c->n_followers == c->comm->size - 1 : c->ready)) lead(c, (call_t){OP_STOP, 0, 0, 0});
   for (int r = 0; r < c->n_followers; r++) pthread_join(c->threads[r], NULL);
   if (c->followers)
     for (int r = 0; r < c->p.tp - 1; r++) ac_ctx_destroy(&c->followers[r]);

@@ -105,12 +105,24 @@ static int grow(char **buf, size_t *cap, size_t need) {
 
 // --- lifetime ------------------------------------------------------------------------------------
 
-int ac_serve_new(const ac_model_t *model, ac_serve_params_t params, ac_serve_t **out) {
-  *out = NULL;
-  if (!model) return ac_error(AC_EINVAL, "no model");
+static ac_serve_params_t defaults(ac_serve_params_t params) {
   if (params.slots <= 0) params.slots = 4;
   if (params.n_threads <= 0) params.n_threads = 1;
   if (params.prefill_chunk <= 0) params.prefill_chunk = 128;
+  return params;
+}
+
+ac_ctx_params_t ac_serve_ctx_params(ac_serve_params_t params) {
+  params = defaults(params);
+  return (ac_ctx_params_t){.n_ctx = params.n_ctx, .n_seq = params.slots, .n_batch = params.slots + params.prefill_chunk,
+                           .n_threads = params.n_threads, .backend = params.backend, .gpu = params.gpu,
+                           .comm = params.comm, .tp = params.tp};
+}
+
+int ac_serve_new(const ac_model_t *model, ac_serve_params_t params, ac_serve_t **out) {
+  *out = NULL;
+  if (!model) return ac_error(AC_EINVAL, "no model");
+  params = defaults(params);
   if (params.slots > 4096 || params.prefill_chunk > 65536 || params.n_ctx < 0)
     return ac_error(AC_ERANGE, "serve: %d slots, prefill chunk %d, context %d", params.slots, params.prefill_chunk,
                     params.n_ctx);
@@ -118,11 +130,10 @@ int ac_serve_new(const ac_model_t *model, ac_serve_params_t params, ac_serve_t *
   if (!srv) return ac_error(AC_ENOMEM, "out of memory");
   srv->m = model;
   srv->p = params;
-  srv->n_batch = params.slots + params.prefill_chunk;
+  ac_ctx_params_t cp = ac_serve_ctx_params(params);
+  srv->n_batch = cp.n_batch;
   srv->n_vocab = model->hp.n_vocab;
   int rc;
-  ac_ctx_params_t cp = {.n_ctx = params.n_ctx, .n_seq = params.slots, .n_batch = srv->n_batch,
-                        .n_threads = params.n_threads};
   if ((rc = ac_ctx_new(model, cp, &srv->ctx))) goto fail;
   srv->n_ctx = ac_ctx_n_ctx(srv->ctx);
   size_t B = (size_t)srv->n_batch, S = (size_t)params.slots;

@@ -32,7 +32,16 @@ typedef struct {
   int32_t n_ctx;          // positions per sequence; 0 = the model's training context (capped at 4096)
   int32_t n_threads;      // default 1
   int32_t prefill_chunk;  // most prompt rows per step, over all prefilling sequences; default 128
+  // Where the forward pass runs (ac_ctx_params_t's fields of the same names).
+  ac_backend_t backend;
+  int32_t gpu;
+  int32_t tp;             // tensor-parallel ranks in this process (CPU), or the group's size
+  struct ac_comm *comm;   // rank 0 of a group of other processes (NCCL), or NULL
 } ac_serve_params_t;
+
+// The context ac_serve_new makes for `params` (defaults filled in): a follower rank of a
+// tensor-parallel group makes its own context with these, to match its leader's.
+ac_ctx_params_t ac_serve_ctx_params(ac_serve_params_t params);
 
 // What to generate. The arrays are copied by ac_serve_add.
 typedef struct {

@@ -24,6 +24,7 @@
 #include "catalog.h"
 #include "chat.h"
 #include "clock.h"
+#include "comm.h"
 #include "error.h"
 #include "log.h"
 #include "model.h"
@@ -34,6 +35,9 @@
 #include "registry.h"
 #include "serve.h"
 #include "settings.h"
+#ifdef AC_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 
 #define MAX_STOPS 16
 #define MAX_STOP_LEN 256
@@ -91,6 +95,13 @@ typedef struct {
   char id[256], listen[512], advertise[512], zoo[2048], host[256];
   int slots, threads, n_ctx, prefill_chunk;
   uint64_t capacity;
+  // Where the forward pass runs: the backend, the GPU, and the tensor-parallel group (tp ranks;
+  // with CUDA one process per GPU: this one is rank tp_rank, and `comm` its NCCL communicator).
+  ac_backend_t backend;
+  int gpu, tp, tp_rank;
+  const char *tp_id;
+  ac_comm_t *comm;
+  bool tp_broken;            // a collective failed: the group cannot go on
   double drain_wait_ms;
   wreg_t *reg;               // Redis, on its own thread
   wreg_cfg_t cfg;            // runtime settings, as the registry thread last read them
@@ -234,6 +245,111 @@ static void send_frames_error(worker_t *w, const ac_frames_t *f, const char *tas
 
 // --- the model -----------------------------------------------------------------------------------
 
+static ac_serve_params_t serve_params(const worker_t *w) {
+  return (ac_serve_params_t){.slots = w->slots, .n_ctx = w->n_ctx, .n_threads = w->threads,
+                             .prefill_chunk = w->prefill_chunk, .backend = w->backend, .gpu = w->gpu,
+                             .tp = w->tp, .comm = w->comm};
+}
+
+// A tensor-parallel group of processes (CUDA: one per GPU) loads each variant together. Rank 0,
+// the worker that serves tasks, names the variant (an empty name: the group stops); every rank
+// loads it and says whether it could (rc 0 or an error code); all keep it only if all could.
+// Each rank's context then takes its leader's calls (ac_ctx_follow) until the leader unloads.
+enum { TP_NAME = 64 };
+
+static int tp_announce(worker_t *w, const char *name) {
+  char buf[TP_NAME] = {0};
+  snprintf(buf, sizeof buf, "%s", name);
+  return ac_comm_broadcast(w->comm, buf, sizeof buf, 0);
+}
+
+// Every rank's result of loading, from every rank: returns `rc` when this rank failed, an error
+// naming the first rank that failed, or 0 when all succeeded. A failed collective sets tp_broken.
+static int tp_agree(worker_t *w, int rc) {
+  if (!w->comm) return rc;
+  char mine[1024];
+  snprintf(mine, sizeof mine, "%s", rc ? ac_errmsg() : "");
+  int bad = -1, bad_rc = 0;
+  for (int r = 0; r < w->comm->size; r++) {
+    int32_t v = rc;
+    int crc = ac_comm_broadcast(w->comm, &v, sizeof v, r);
+    if (crc) {
+      w->tp_broken = true;
+      return crc;
+    }
+    if (v && bad < 0) bad = r, bad_rc = v;
+  }
+  if (rc) return ac_error(rc, "%s", mine);
+  if (bad >= 0) return ac_error(bad_rc, "tensor-parallel rank %d of %d could not load the variant", bad, w->comm->size);
+  return 0;
+}
+
+// The life of a follower process: load what rank 0 names, take its calls, until it says stop.
+static int tp_follow(worker_t *w) {
+  for (;;) {
+    char name[TP_NAME];
+    int rc = ac_comm_broadcast(w->comm, name, sizeof name, 0);
+    if (rc) return rc;
+    name[TP_NAME - 1] = 0;
+    if (!name[0]) return 0;
+    const ac_variant_t *v = ac_catalog_find(&w->cat, name);
+    char path[4096];
+    ac_model_t *m = NULL;
+    ac_ctx_t *ctx = NULL;
+    double t0 = ac_mono_ms();
+    if (!v) rc = ac_error(AC_ENOTFOUND, "unknown variant '%s' (not in zoo %s)", name, w->zoo);
+    else snprintf(path, sizeof path, "%s/%s", w->zoo, v->file);
+    if (!rc) rc = ac_model_load(path, &m);
+    if (!rc) rc = ac_ctx_new(m, ac_serve_ctx_params(serve_params(w)), &ctx);
+    if (rc) AC_ERROR("rank %d: variant '%s': %s", w->tp_rank, name, ac_errmsg());
+    if (!(rc = tp_agree(w, rc))) {
+      AC_INFO("rank %d of %d: %s loaded in %.1f ms", w->tp_rank, w->tp, name, ac_mono_ms() - t0);
+      if ((rc = ac_ctx_follow(ctx))) w->tp_broken = true;
+    }
+    ac_ctx_destroy(&ctx);
+    ac_model_destroy(&m);
+    // A variant that failed to load is the leader's to report; a failed collective ends the group.
+    if (w->tp_broken) return rc;
+  }
+}
+
+// A process that is rank tp_rank > 0 of a CUDA group: no socket, no Redis; it lives as long as
+// its leader's group.
+static int follower_process(worker_t *w) {
+  int rc = ac_catalog_load_dir(w->zoo, &w->cat);
+#ifdef AC_HAVE_CUDA
+  if (!rc) rc = ac_comm_nccl_new(w->tp_rank, w->tp, w->gpu, w->tp_id, 300000, &w->comm);
+#else
+  if (!rc) rc = ac_error(AC_EUNSUPPORTED, "--tp-rank needs a CUDA build (NCCL): configure with -DAC_CUDA=ON");
+#endif
+  if (!rc) {
+    AC_INFO("rank %d of %d on GPU %d: following rank 0 (%s)", w->tp_rank, w->tp, w->gpu, w->tp_id);
+    rc = tp_follow(w);
+  }
+  if (rc) fprintf(stderr, "ac-worker: rank %d: %s\n", w->tp_rank, ac_errmsg());
+  else AC_INFO("rank %d: the group stopped", w->tp_rank);
+  ac_comm_destroy(&w->comm);
+  ac_catalog_free(&w->cat);
+  return rc ? 1 : 0;
+}
+
+// Rank 0 of a CUDA group of processes joins it; a CPU group needs nothing here (its ranks are
+// threads the engine starts).
+static int join_group(worker_t *w) {
+  if (w->backend != AC_BACKEND_CUDA || w->tp == 1) return 0;
+#ifdef AC_HAVE_CUDA
+  return ac_comm_nccl_new(0, w->tp, w->gpu, w->tp_id, 300000, &w->comm);
+#else
+  return ac_error(AC_EUNSUPPORTED, "--backend cuda needs a CUDA build: configure with -DAC_CUDA=ON");
+#endif
+}
+
+// Rank 0 tells its followers the group is done (after unloading).
+static void leave_group(worker_t *w) {
+  if (w->comm && !w->tp_broken) tp_announce(w, "");
+  ac_comm_destroy(&w->comm);
+}
+
 // Loads `name` from the catalog into w->model / w->srv (both NULL before). *load_ms receives the
 // time of ac_model_load, making the weights resident, and the context.
 static int load_variant(worker_t *w, const char *name, double *load_ms) {
@@ -248,22 +364,25 @@ static int load_variant(worker_t *w, const char *name, double *load_ms) {
   double t0 = ac_mono_ms();
   ac_model_t *m = NULL;
   ac_serve_t *srv = NULL;
-  int rc = ac_model_load_reuse(path, w->tok_keep, &m);
+  int rc;
   char why[1024];  // ac_error writes the buffer ac_errmsg reads: copy first
-  if (rc) {
+  if (w->comm && (rc = tp_announce(w, name))) return rc;
+  if ((rc = ac_model_load_reuse(path, w->tok_keep, &m))) {
     snprintf(why, sizeof why, "%s", ac_errmsg());
-    return ac_error(rc, "variant '%s': %s", name, why);
+    return tp_agree(w, ac_error(rc, "variant '%s': %s", name, why));
   }
   if (m->tok != w->tok_keep) {
     ac_tokenizer_destroy(&w->tok_keep);
     w->tok_keep = ac_tokenizer_ref(m->tok);
   }
   ac_gguf_make_resident(m->gguf);  // a reload ends when the weights are in memory, not at mmap
-  ac_serve_params_t sp = {.slots = w->slots, .n_ctx = w->n_ctx, .n_threads = w->threads,
-                          .prefill_chunk = w->prefill_chunk};
-  if ((rc = ac_serve_new(m, sp, &srv))) {
+  rc = ac_serve_new(m, serve_params(w), &srv);
+  if (rc) {
     snprintf(why, sizeof why, "%s", ac_errmsg());
     rc = ac_error(rc, "variant '%s': %s", name, why);
+  }
+  if ((rc = tp_agree(w, rc))) {
+    ac_serve_destroy(&srv);
     ac_model_destroy(&m);
     return rc;
   }
@@ -800,7 +919,13 @@ static void usage(FILE *f) {
           "  --redis HOST:PORT     (default $AC_REDIS or 127.0.0.1:6379)\n"
           "  --prefix P            Redis key prefix (default $AC_PREFIX or ac:)\n"
           "  --slots N             concurrent sequences (default 4)\n"
-          "  -t, --threads N       threads for the forward pass (default 1)\n"
+          "  -t, --threads N       threads for the forward pass (default 1; per rank with --tp)\n"
+          "  --backend B           cpu or cuda (default cpu; cuda needs an AC_CUDA build)\n"
+          "  --gpu N               CUDA device of this process (default 0)\n"
+          "  --tp K                tensor-parallel ranks (default 1). cpu: K ranks as threads of this\n"
+          "                        process. cuda: K processes, one per GPU; this one is rank 0\n"
+          "  --tp-rank R           cuda, R > 0: run as rank R of rank 0's group (no --listen)\n"
+          "  --tp-id PATH          cuda: file through which the group's ranks meet (rank 0 writes it)\n"
           "  -c, --ctx N           context per sequence (default 1024)\n"
           "  --capacity-bytes N    most bytes of weights this worker may hold (0 = unlimited)\n"
           "  --prefill-chunk N     most prompt tokens per batched step, so decoding goes on (default 128)\n"
@@ -837,6 +962,11 @@ int main(int argc, char **argv) {
       {"set", required_argument, 0, 'S'},
       {"log-level", required_argument, 0, 'L'},
       {"log-format", required_argument, 0, 'F'},
+      {"backend", required_argument, 0, 'b'},
+      {"gpu", required_argument, 0, 'g'},
+      {"tp", required_argument, 0, 'T'},
+      {"tp-rank", required_argument, 0, 'R'},
+      {"tp-id", required_argument, 0, 'I'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   static worker_t W;
@@ -848,6 +978,7 @@ int main(int argc, char **argv) {
   long long v;
   w->slots = 4;
   w->threads = 1;
+  w->tp = 1;
   w->n_ctx = 1024;
   w->prefill_chunk = 128;
   w->drain_wait_ms = 30000;
@@ -869,6 +1000,15 @@ int main(int argc, char **argv) {
       case 'W': if (!parse_num(optarg, 0, 86400000, &v)) goto bad_value; w->drain_wait_ms = (double)v; break;
       case 'P': if (!parse_num(optarg, 1, 65536, &v)) goto bad_value; w->prefill_chunk = (int)v; break;
       case 'S': if (n_sets == 64) goto bad; sets[n_sets++] = optarg; break;
+      case 'b':
+        if (strcmp(optarg, "cpu") == 0) w->backend = AC_BACKEND_CPU;
+        else if (strcmp(optarg, "cuda") == 0) w->backend = AC_BACKEND_CUDA;
+        else goto bad_value;
+        break;
+      case 'g': if (!parse_num(optarg, 0, 1023, &v)) goto bad_value; w->gpu = (int)v; break;
+      case 'T': if (!parse_num(optarg, 1, 64, &v)) goto bad_value; w->tp = (int)v; break;
+      case 'R': if (!parse_num(optarg, 0, 63, &v)) goto bad_value; w->tp_rank = (int)v; break;
+      case 'I': w->tp_id = optarg; break;
       case 'L': {
         int lv = ac_log_parse_level(optarg);
         if (lv < 0) goto bad_value;
@@ -883,6 +1023,20 @@ int main(int argc, char **argv) {
       case 'h': usage(stdout); return 0;
       default: goto bad;
     }
+  }
+  if (w->tp_rank >= w->tp || (w->tp_rank > 0 && w->backend != AC_BACKEND_CUDA)) {
+    fprintf(stderr, "ac-worker: --tp-rank %d: ranks above 0 are CUDA processes of a group of --tp > rank\n", w->tp_rank);
+    goto bad;
+  }
+  if (w->backend == AC_BACKEND_CUDA && w->tp > 1 && (!w->tp_id || !*w->tp_id)) {
+    fprintf(stderr, "ac-worker: --backend cuda --tp %d needs --tp-id PATH (where the ranks meet)\n", w->tp);
+    goto bad;
+  }
+  if (optind == argc && w->tp_rank > 0 && zoo && *zoo) {
+    if (strlen(zoo) >= sizeof w->zoo) goto bad;
+    snprintf(w->zoo, sizeof w->zoo, "%s", zoo);
+    ac_quant_init();
+    return follower_process(w);
   }
   if (optind != argc || !listen || !*listen || !zoo || !*zoo) {
     fprintf(stderr, "ac-worker: %s\n", optind != argc ? "unexpected arguments" : "--listen and --zoo are required");
@@ -936,6 +1090,10 @@ int main(int argc, char **argv) {
     goto done;
   }
   if (!variant || !*variant) variant = w->cat.reference;
+  if ((rc = join_group(w))) {
+    fprintf(stderr, "ac-worker: %s\n", ac_errmsg());
+    goto done;
+  }
   double load_ms;
   if ((rc = load_variant(w, variant, &load_ms))) {
     fprintf(stderr, "ac-worker: %s\n", ac_errmsg());
@@ -972,9 +1130,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "ac-worker: %s\n", ac_errmsg());
     goto done;
   }
-  AC_INFO("worker %s: %s on %s (advertised %s), %d slots x %d context, %d threads, loaded in %.1f ms; redis %s",
-          w->id, w->variant, w->listen, w->advertise, w->slots, ac_serve_n_ctx(w->srv), w->threads, load_ms,
-          redis_desc);
+  char where[64];
+  if (w->backend == AC_BACKEND_CUDA) snprintf(where, sizeof where, "cuda gpu %d", w->gpu);
+  else snprintf(where, sizeof where, "cpu");
+  AC_INFO("worker %s: %s on %s (advertised %s), %d slots x %d context, %s, tp %d, %d threads, loaded in %.1f ms; "
+          "redis %s",
+          w->id, w->variant, w->listen, w->advertise, w->slots, ac_serve_n_ctx(w->srv), where, w->tp, w->threads,
+          load_ms, redis_desc);
   w->last_rate_t = ac_mono_ms();
   heartbeat(w);
 
@@ -1053,6 +1215,7 @@ done:
   if (w->sock) zmq_close(w->sock);
   if (w->zctx) zmq_ctx_term(w->zctx);
   unload(w);
+  leave_group(w);
   ac_tokenizer_destroy(&w->tok_keep);
   ac_catalog_free(&w->cat);
   ac_rds_destroy(&rds);

@@ -3,7 +3,7 @@
 # (its own port and data directory), the scheduler, a router and N workers over a zoo directory.
 #
 #   deploy/local/cluster.sh start [--zoo DIR] [--workers N] [--variants a,b,c] [--dir RUNDIR]
-#                                 [--port BASE] [--slots S] [--threads T] [--ctx C] [--routers R]
+#                                 [--port BASE] [--slots S] [--threads T] [--tp K] [--ctx C] [--routers R]
 #                                 [--controller FILE]   (routers load it and use policy controller)
 #   deploy/local/cluster.sh stop   [--dir RUNDIR]     # stops everything and removes RUNDIR
 #   deploy/local/cluster.sh status [--dir RUNDIR]     # acctl status against it
@@ -19,7 +19,7 @@ AC_CACHE=${AC_CACHE:-$HOME/.cache/agentcompress}
 bin=${AC_BIN:-build/bin}
 cmd=${1:-}
 [ $# -gt 0 ] && shift
-zoo=$AC_CACHE/zoo workers=3 variants="" dir=$AC_CACHE/cluster port=6390 slots=4 threads=1 ctx=1024 routers=1
+zoo=$AC_CACHE/zoo workers=3 variants="" dir=$AC_CACHE/cluster port=6390 slots=4 threads=1 ctx=1024 routers=1 tp=1
 controller=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,6 +30,7 @@ while [ $# -gt 0 ]; do
     --port) port=$2; shift 2 ;;
     --slots) slots=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --tp) tp=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --routers) routers=$2; shift 2 ;;
     --controller) controller=$2; shift 2 ;;
@@ -116,7 +117,7 @@ echo $! >"$dir/pid.scheduler"
 for i in $(seq 0 $((workers - 1))); do
   v=${vlist[$((i % ${#vlist[@]}))]}
   "$bin/ac-worker" --id "w$i" --listen "tcp://127.0.0.1:$((port + 10 + i))" --zoo "$zoo" --variant "$v" \
-    --redis "$redis_addr" --slots "$slots" -t "$threads" -c "$ctx" >"$dir/worker.w$i.log" 2>&1 &
+    --redis "$redis_addr" --slots "$slots" -t "$threads" --tp "$tp" -c "$ctx" >"$dir/worker.w$i.log" 2>&1 &
   echo $! >"$dir/pid.worker.w$i"
 done
 for r in $(seq 0 $((routers - 1))); do

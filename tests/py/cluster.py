@@ -50,9 +50,9 @@ def free_base(span=40):
 
 
 class Cluster:
-    def __init__(self, zoo, workers=2, variants=None, slots=4, ctx=512, routers=1, threads=1, controller=None):
+    def __init__(self, zoo, workers=2, variants=None, slots=4, ctx=512, routers=1, threads=1, controller=None, tp=1):
         self.zoo, self.workers, self.variants, self.controller = zoo, workers, variants, controller
-        self.slots, self.ctx, self.routers, self.threads = slots, ctx, routers, threads
+        self.slots, self.ctx, self.routers, self.threads, self.tp = slots, ctx, routers, threads, tp
         self.port = free_base()
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="accl-")) / "run"
         self.redis = f"127.0.0.1:{self.port}"
@@ -62,7 +62,7 @@ class Cluster:
     def start(self):
         args = ["bash", str(ROOT / "deploy/local/cluster.sh"), "start", "--zoo", str(self.zoo), "--workers",
                 str(self.workers), "--dir", str(self.dir), "--port", str(self.port), "--slots", str(self.slots),
-                "--ctx", str(self.ctx), "--routers", str(self.routers), "--threads", str(self.threads)]
+                "--ctx", str(self.ctx), "--routers", str(self.routers), "--threads", str(self.threads), "--tp", str(self.tp)]
         if self.variants:
             args += ["--variants", ",".join(self.variants)]
         if self.controller:
