@@ -43,7 +43,9 @@ static int run_usage(void) {
           "  --chat           format the prompt as a user message with the model's chat template\n"
           "  --system TEXT    system message for --chat\n"
           "  -n N             generate at most N tokens (default 256)\n"
-          "  -t N             threads (default 1)\n"
+          "  -t N             threads (default 1; per rank with --tp)\n"
+          "  --tp K           tensor-parallel ranks (CPU: threads of this process; default 1)\n"
+          "  --backend B      cpu or cuda (default cpu; cuda needs an AC_CUDA build)  --gpu N\n"
           "  -c N             context length (default: the model's, at most 4096)\n"
           "  --temp T         temperature (default 0 = greedy)\n"
           "  --top-k K  --top-p P  --min-p P  --seed S\n"
@@ -62,8 +64,12 @@ int acq_run_main(int argc, char **argv) {
       {"top-p", required_argument, 0, 'P'},  {"min-p", required_argument, 0, 'M'},
       {"seed", required_argument, 0, 's'},   {"stop", required_argument, 0, 'x'},
       {"ignore-eos", no_argument, 0, 'E'},   {"print-ids", no_argument, 0, 'I'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+      {"tp", required_argument, 0, 'R'},     {"backend", required_argument, 0, 'B'},
+      {"gpu", required_argument, 0, 'G'},    {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   const char *prompt = NULL, *prompt_file = NULL, *system = NULL;
+  int tp = 1, gpu = 0;
+  ac_backend_t backend = AC_BACKEND_CPU;
   bool chat = false, ignore_eos = false, print_ids = false;
   int n_predict = 256, n_threads = 1, n_ctx = 0;
   ac_sampler_params_t sp = ac_sampler_default_params();
@@ -89,6 +95,13 @@ int acq_run_main(int argc, char **argv) {
       case 'E': ignore_eos = true; break;
       case 'I': print_ids = true; break;
       case 'x': if (n_stops == 16) return run_usage(); stops[n_stops++] = optarg; break;
+      case 'R': tp = (int)strtol(optarg, &end, 10); if (*end || tp < 1 || tp > 64) return run_usage(); break;
+      case 'G': gpu = (int)strtol(optarg, &end, 10); if (*end || gpu < 0) return run_usage(); break;
+      case 'B':
+        if (strcmp(optarg, "cpu") == 0) backend = AC_BACKEND_CPU;
+        else if (strcmp(optarg, "cuda") == 0) backend = AC_BACKEND_CUDA;
+        else return run_usage();
+        break;
       default: return run_usage();
     }
   }
@@ -127,7 +140,8 @@ int acq_run_main(int argc, char **argv) {
     goto done;
   }
 
-  ac_ctx_params_t cp = {.n_ctx = n_ctx, .n_seq = 1, .n_batch = 512, .n_threads = n_threads};
+  ac_ctx_params_t cp = {.n_ctx = n_ctx, .n_seq = 1, .n_batch = 512, .n_threads = n_threads, .backend = backend,
+                        .gpu = gpu, .tp = tp};
   if ((rc = ac_ctx_new(m, cp, &ctx))) {
     status = acq_fail("run", rc);
     goto done;
