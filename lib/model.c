@@ -650,6 +650,19 @@ void ac_ctx_set_observer(ac_ctx_t *ctx, ac_observer_fn fn, void *user) {
 int32_t ac_ctx_n_ctx(const ac_ctx_t *ctx) { return ctx->p.n_ctx; }
 int32_t ac_ctx_n_batch(const ac_ctx_t *ctx) { return ctx->p.n_batch; }
 size_t ac_ctx_kv_bytes(const ac_ctx_t *ctx) { return ctx->kv_bytes; }
+
+void ac_ctx_upload_stats(const ac_ctx_t *ctx, ac_upload_stats_t *out) {
+  memset(out, 0, sizeof *out);
+#ifdef AC_HAVE_CUDA
+  if (ctx->cuda) {
+    ac_cuda_load_stats_t st;
+    ac_cuda_ctx_load_stats(ctx->cuda, &st);
+    *out = (ac_upload_stats_t){st.bytes, st.read_s, st.copy_s, st.total_s};
+  }
+#else
+  (void)ctx;
+#endif
+}
 int32_t ac_ctx_seq_len(const ac_ctx_t *ctx, int32_t seq) {
   return seq >= 0 && seq < ctx->p.n_seq ? ctx->seq_len[seq] : -1;
 }

@@ -157,6 +157,14 @@ int ac_ctx_eval(ac_ctx_t *ctx, int32_t n, const int32_t *tokens, const int32_t *
 int ac_ctx_follow(ac_ctx_t *ctx);
 // Bytes this context holds for its KV cache (this rank's heads only, with tensor parallelism).
 size_t ac_ctx_kv_bytes(const ac_ctx_t *ctx);
+// What putting the weights on the device cost (AC_BACKEND_CUDA: this rank's; all zero on the CPU,
+// whose weights stay in the file's mapping): bytes, seconds reading them from the file, seconds of
+// host -> device copies that did not overlap the reads, and the whole upload.
+typedef struct {
+  size_t bytes;
+  double read_s, copy_s, total_s;
+} ac_upload_stats_t;
+void ac_ctx_upload_stats(const ac_ctx_t *ctx, ac_upload_stats_t *out);
 
 // --- observing activations (calibration for pruning, debugging) -----------------------------
 

@@ -146,6 +146,11 @@ int acq_run_main(int argc, char **argv) {
     status = acq_fail("run", rc);
     goto done;
   }
+  ac_upload_stats_t up;
+  ac_ctx_upload_stats(ctx, &up);
+  if (up.bytes)
+    fprintf(stderr, "acq: upload %.1f MiB to GPU %d in %.1f ms (read %.1f ms, copy not overlapped %.1f ms)\n",
+            up.bytes / 1048576.0, gpu, up.total_s * 1e3, up.read_s * 1e3, up.copy_s * 1e3);
   if (n_prompt >= ac_ctx_n_ctx(ctx)) {
     fprintf(stderr, "acq: run: the prompt is %d tokens, longer than the context of %d (raise -c or shorten it)\n",
             n_prompt, ac_ctx_n_ctx(ctx));
