@@ -500,7 +500,7 @@ int ac_ctx_new(const ac_model_t *m, ac_ctx_params_t p, ac_ctx_t **out) {
   c->bc_seqs = malloc(B * sizeof *c->bc_seqs);
   c->bc_want = malloc(B);
   if (!c->seq_len || !c->pos || !c->bc_tokens || !c->bc_seqs || !c->bc_want) goto oom;
-  if (sh->size > 1) {
+  if (sh->size > 1 && p.backend == AC_BACKEND_CPU) {
     c->lgt = malloc(B * sh->vocab_pad * sizeof *c->lgt);
     c->lgt_all = malloc(B * sh->vocab_pad * sh->size * sizeof *c->lgt_all);
     if (!c->lgt || !c->lgt_all) goto oom;

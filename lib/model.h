@@ -176,7 +176,8 @@ typedef enum {
 // Called during ac_ctx_eval, on the calling thread, with the n rows of one layer's activations
 // at `point` (row-major, `width` floats per row). The data are only valid during the call.
 typedef void (*ac_observer_fn)(void *user, int layer, ac_obs_point_t point, int n, int width, const float *data);
-// Installs (or with fn NULL removes) the observer.
+// Installs (or with fn NULL removes) the observer. Observers run on the CPU backend only; with
+// tensor parallelism each rank's observer sees its own heads and FFN columns.
 void ac_ctx_set_observer(ac_ctx_t *ctx, ac_observer_fn fn, void *user);
 
 #endif
