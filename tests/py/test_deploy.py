@@ -167,3 +167,82 @@ def test_the_manifests_arguments_make_a_working_cluster(stories_zoo, tmp_path):
                 p.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# --- the GPU overlay (deploy/k8s-gpu) and image (deploy/docker/Dockerfile.cuda) -----------------
+# Nothing here runs a GPU: these check that what the manifests ask of the binaries exists, that
+# every GPU container asks Kubernetes for the GPUs its processes use, and that the group launcher
+# starts the ranks it should.
+
+K8S_GPU = ROOT / "deploy/k8s-gpu"
+
+
+def gpu_containers():
+    for d in yaml.safe_load_all((K8S_GPU / "workers-gpu.yaml").read_text()):
+        if d and d.get("kind") == "StatefulSet":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                yield d, c
+
+
+def test_gpu_overlay_lists_its_files_and_patches_what_exists():
+    kust = yaml.safe_load((K8S_GPU / "kustomization.yaml").read_text())
+    assert "../k8s" in kust["resources"]
+    assert {f.name for f in K8S_GPU.glob("*.yaml")} - {"kustomization.yaml"} <= set(kust["resources"])
+    names = {d["metadata"]["name"] for _, ds in docs().items() for d in ds if d["kind"] == "StatefulSet"}
+    for p in kust["patches"]:
+        assert p["target"]["name"] in names
+    assert kust["images"][0]["name"] == "agentcompress" and kust["images"][0]["newName"] == "agentcompress-cuda"
+
+
+def test_gpu_workers_flags_exist_and_gpus_match_the_group():
+    h = help_text("ac-worker")
+    seen = 0
+    for d, c in gpu_containers():
+        cmd = c["command"]
+        assert cmd[0] in ("ac-worker", "ac-tp-worker")
+        for f in flags(c["args"]):
+            assert re.search(re.escape(f) + r"\b", h), f"{d['metadata']['name']}: ac-worker has no {f}"
+        assert arg(c["args"], "--backend") == "cuda"
+        ranks = int(cmd[1]) if cmd[0] == "ac-tp-worker" else 1
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == ranks
+        # The launcher names the group's meeting file and each rank's GPU itself.
+        if cmd[0] == "ac-tp-worker":
+            assert "--tp-id" not in c["args"] and "--gpu" not in c["args"] and "--tp" not in c["args"]
+        seen += 1
+    assert seen == 2
+
+
+def test_gpu_image_copies_what_the_builds_make():
+    df = (ROOT / "deploy/docker/Dockerfile.cuda").read_text()
+    copied = set(re.findall(r"/build/bin/([\w-]+)", df))
+    built = {f.name for f in BIN.iterdir() if f.is_file() and os.access(f, os.X_OK)}
+    cuda_only = {"ac-gpu-membw"}
+    assert copied - cuda_only <= built, copied - built
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for b in cuda_only & copied:
+        assert f"add_executable({b}" in cmake
+    assert "-DAC_CUDA=ON" in df and "deploy/docker/ac-tp-worker" in df
+
+
+def test_tp_launcher_starts_one_process_per_gpu_with_one_meeting_file(tmp_path):
+    fake = tmp_path / "ac-worker"
+    fake.write_text('#!/bin/sh\necho "$*" >> "$LOG"\n')
+    fake.chmod(0o755)
+    log = tmp_path / "calls"
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", LOG=str(log), TMPDIR=str(tmp_path))
+    r = subprocess.run(["sh", str(ROOT / "deploy/docker/ac-tp-worker"), "4", "--zoo", "/zoo", "--backend", "cuda"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.2)  # the followers ran in the background
+    calls = [c.split() for c in log.read_text().splitlines()]
+    assert len(calls) == 4
+
+    def opt(c, name):
+        return c[c.index(name) + 1] if name in c else None
+    ranks = sorted(int(opt(c, "--tp-rank") or 0) for c in calls)
+    assert ranks == [0, 1, 2, 3]
+    for c in calls:
+        assert opt(c, "--gpu") == (opt(c, "--tp-rank") or "0") and opt(c, "--tp") == "4"
+        assert c[:4] == ["--zoo", "/zoo", "--backend", "cuda"]
+    ids = {opt(c, "--tp-id") for c in calls}
+    assert len(ids) == 1 and ids.pop().startswith(str(tmp_path))
