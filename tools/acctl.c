@@ -317,10 +317,10 @@ static int cmd_status(const opts_t *o, ac_rds_t *r, int what) {
   }
 
   json_t *jw = json_array(), *jv = json_array();
-  tbl_t tw = {.ncol = 10,
-              .head = (const char *const[]){"WORKER", "VARIANT", "STATE", "SLOTS", "QUEUED", "TOK/S", "LAST_RELOAD",
-                                            "HEARTBEAT", "TARGET", "NOTE"},
-              .align = "lllrrrrrll"};
+  tbl_t tw = {.ncol = 11,
+              .head = (const char *const[]){"WORKER", "VARIANT", "STATE", "DEVICE", "SLOTS", "QUEUED", "TOK/S",
+                                            "LAST_RELOAD", "HEARTBEAT", "TARGET", "NOTE"},
+              .align = "llllrrrrrll"};
   for (int i = 0; i < nw; i++) {
     const Agentcompress__WorkerInfo *wi = w[i].env ? w[i].env->worker_info : NULL;
     bool drained = set_member(drain, w[i].id) || (wi && wi->drain);
@@ -328,13 +328,18 @@ static int cmd_status(const opts_t *o, ac_rds_t *r, int what) {
     const char *target = json_string_value(json_object_get(sw, "target"));
     bool cooldown = json_is_true(json_object_get(sw, "cooldown"));
     if (!wi) {
-      tbl_row(&tw, w[i].id, "-", "gone", "-", "-", "-", "-", "-", "-", "no heartbeat (expired)");
+      tbl_row(&tw, w[i].id, "-", "gone", "-", "-", "-", "-", "-", "-", "-", "no heartbeat (expired)");
       json_array_append_new(jw, json_pack("{s:s, s:s, s:s, s:b}", "id", w[i].id, "variant", "", "state", "gone", "drained",
                                           drained));
       continue;
     }
     double age_s = wi->updated_at_ms && wi->updated_at_ms <= now ? (double)(now - wi->updated_at_ms) / 1000.0 : 0;
-    char slots[32], queued[16], tps[32], rl[32], hb[32], note[64];
+    char slots[32], queued[16], tps[32], rl[32], hb[32], note[64], dev[64];
+    // Workers from before the field say nothing: they ran on the CPU, one rank.
+    const char *device = wi->device && *wi->device ? wi->device : "cpu";
+    unsigned tp = wi->tp ? wi->tp : 1;
+    if (tp > 1) snprintf(dev, sizeof dev, "%s tp%u", device, tp);
+    else snprintf(dev, sizeof dev, "%s", device);
     snprintf(slots, sizeof slots, "%u/%u", wi->busy, wi->slots);
     snprintf(queued, sizeof queued, "%u", wi->queued);
     snprintf(tps, sizeof tps, "%.1f", wi->tokens_per_s);
@@ -343,8 +348,8 @@ static int cmd_status(const opts_t *o, ac_rds_t *r, int what) {
     snprintf(note, sizeof note, "%s%s%s", drained ? "drained" : "", drained && cooldown ? ", " : "",
              cooldown ? "reload failed (cooldown)" : "");
     bool moving = target && wi->variant && strcmp(target, wi->variant) != 0;
-    tbl_row(&tw, w[i].id, *wi->variant ? wi->variant : "(none)", ac_msg_state_name(wi->state), slots, queued, tps, rl, hb,
-            moving ? target : "-", note);
+    tbl_row(&tw, w[i].id, *wi->variant ? wi->variant : "(none)", ac_msg_state_name(wi->state), dev, slots, queued, tps,
+            rl, hb, moving ? target : "-", note);
     json_t *jo = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:f, s:f, s:I, s:I, s:b, s:I, s:I, s:I, s:s?}", "id",
                           w[i].id, "endpoint", wi->endpoint ? wi->endpoint : "", "variant", wi->variant ? wi->variant : "",
                           "state", ac_msg_state_name(wi->state), "slots", (int)wi->slots, "busy", (int)wi->busy, "queued",
@@ -354,6 +359,8 @@ static int cmd_status(const opts_t *o, ac_rds_t *r, int what) {
                           (json_int_t)wi->capacity_bytes, "tasks_done", (json_int_t)wi->tasks_done, "tokens_done",
                           (json_int_t)wi->tokens_done, "target", target);
     if (jo) json_object_set_new(jo, "cooldown", json_boolean(cooldown));
+    if (jo) json_object_set_new(jo, "device", json_string(device));
+    if (jo) json_object_set_new(jo, "tp", json_integer(tp));
     json_array_append_new(jw, jo);
   }
 

@@ -759,6 +759,11 @@ static int pack_info(worker_t *w, uint8_t **buf, size_t *len) {
   wi.busy_s = w->busy_s;
   wi.n_ctx = (uint32_t)(w->srv ? ac_serve_n_ctx(w->srv) : w->n_ctx);
   wi.drain = w->drain_op;
+  char device[32];
+  if (w->backend == AC_BACKEND_CUDA) snprintf(device, sizeof device, "cuda:%d", w->gpu);
+  else snprintf(device, sizeof device, "cpu");
+  wi.device = device;
+  wi.tp = (uint32_t)w->tp;
   ac_env_t env = AGENTCOMPRESS__ENVELOPE__INIT;
   env.body_case = AGENTCOMPRESS__ENVELOPE__BODY_WORKER_INFO;
   env.worker_info = &wi;

@@ -1,5 +1,7 @@
 """Tensor-parallel workers in a real cluster: every worker runs its variant as 2 ranks (threads of
 the process, over the CPU communicator). Answers must equal `acq run`'s single-rank greedy text."""
+import json
+
 import pytest
 
 from cluster import Cluster, acq_run
@@ -25,3 +27,6 @@ def test_tp2_worker_answers_what_one_rank_answers(cl, stories_zoo, variant, prom
 def test_workers_say_they_run_two_ranks(cl):
     for i in range(2):
         assert ", tp 2," in cl.log(f"worker.w{i}")
+    st = json.loads(cl.acctl("status", "--json").stdout)
+    assert sorted((w["device"], w["tp"]) for w in st["workers"]) == [("cpu", 2), ("cpu", 2)]
+    assert "cpu tp2" in cl.acctl("status").stdout
