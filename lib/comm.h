@@ -3,9 +3,11 @@
 // A group has `size` ranks; each rank holds one communicator and calls every collective in the
 // same order with the same sizes (a collective is a meeting: all ranks must reach it). Buffers
 // live where the backend keeps its activations: host memory for the CPU engine, device memory
-// for the CUDA one. Two implementations:
-//   - CPU (comm_cpu.c): the ranks are threads of one process; it is what CI tests the sharding
-//     with, at TP = 2 and 4.
+// for the CUDA one. Three implementations:
+//   - CPU threads (comm_cpu.c): the ranks are threads of one process; CI tests the sharding with
+//     it at TP = 2 and 4.
+//   - CPU processes (comm_zmq.c, in libaccluster): one process per rank on one machine, over
+//     ZeroMQ ipc://; CI tests the workers' process groups with it.
 //   - NCCL (lib/cuda/comm_nccl.c, AC_CUDA builds): one rank per GPU, one process per rank.
 //
 // Every rank gets bit-identical results from every collective (the CPU all-reduce adds the
@@ -49,5 +51,10 @@ void ac_comm_destroy(ac_comm_t **c);
 // Creates a CPU group of `size` ranks: out[r] is rank r's communicator, to be used from one
 // thread each.
 int ac_comm_cpu_group(int size, ac_comm_t **out);
+
+// Joins a group of `size` CPU processes as rank `rank`: rank 0 binds ipc://PATH, the others
+// connect. Returns when every rank has joined, or AC_EIO after timeout_ms (<= 0: no limit).
+// The sums and gathers give the bits the thread group gives.
+int ac_comm_zmq_new(int rank, int size, const char *path, int timeout_ms, ac_comm_t **out);
 
 #endif

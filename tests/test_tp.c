@@ -3,7 +3,8 @@
 // largest logit and the same greedy tokens, over a mixed prefill of two sequences, batched decoding and a
 // truncated sequence. Also: the shards cover every head, FFN column and vocabulary row exactly
 // once, each rank keeps only its heads' KV cache, the explicit-communicator path (a follower
-// driven by ac_ctx_follow, as the NCCL ranks are) agrees, and misuse gets clear errors.
+// driven by ac_ctx_follow, as process ranks are) agrees, over the thread group and over ZeroMQ
+// (bit-identical to each other), and misuse gets clear errors.
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -118,16 +119,42 @@ static void *follow(void *arg) {
   return NULL;
 }
 
-// Rank 0 and rank 1 built by the caller from one CPU group, as ac-worker builds NCCL ranks.
-static void explicit_group(const ac_model_t *m, const run_t *ref) {
+typedef struct {
+  const char *path;
+  ac_comm_t *comm;
+  int rc;
+} join_t;
+
+static void *join_rank1(void *arg) {
+  join_t *j = arg;
+  j->rc = ac_comm_zmq_new(1, 2, j->path, 10000, &j->comm);
+  return NULL;
+}
+
+// Rank 0 and rank 1 built by the caller, as ac-worker builds the ranks of a process group: from
+// one CPU thread group, or joined over ZeroMQ (`ipc` set: its path). Returns the run's logits.
+static run_t explicit_group(const ac_model_t *m, const run_t *ref, const char *ipc) {
   ac_comm_t *comm[2] = {0};
-  CHECK(ac_comm_cpu_group(2, comm) == 0, "group: %s", ac_errmsg());
+  run_t got = {0};
+  if (ipc) {
+    join_t j = {ipc, NULL, -1};
+    pthread_t th;
+    pthread_create(&th, NULL, join_rank1, &j);
+    CHECK(ac_comm_zmq_new(0, 2, ipc, 10000, &comm[0]) == 0, "zmq rank 0: %s", ac_errmsg());
+    pthread_join(th, NULL);
+    CHECK(j.rc == 0, "zmq rank 1 joined");
+    comm[1] = j.comm;
+    if (!comm[0] || !comm[1]) return got;
+    CHECK(strcmp(comm[0]->ops->name, "zmq") == 0, "zmq group");
+  } else {
+    CHECK(ac_comm_cpu_group(2, comm) == 0, "group: %s", ac_errmsg());
+  }
   ac_ctx_params_t p = {.n_ctx = 64, .n_seq = 2, .n_batch = 64, .n_threads = 1, .comm = comm[1]};
   ac_ctx_t *lead = NULL, *fol = NULL;
   CHECK(ac_ctx_new(m, p, &fol) == 0, "follower: %s", ac_errmsg());
   p.comm = comm[0];
   CHECK(ac_ctx_new(m, p, &lead) == 0, "leader: %s", ac_errmsg());
-  if (!lead || !fol) return;
+  if (!lead || !fol) return got;
   const int32_t t = 5;
   CHECK(ac_ctx_eval(fol, 1, &t, NULL, NULL, NULL) == AC_EINVAL, "a follower refuses calls");
   CHECK(strstr(ac_errmsg(), "only rank 0") != NULL, "message: %s", ac_errmsg());
@@ -135,9 +162,8 @@ static void explicit_group(const ac_model_t *m, const run_t *ref) {
   follow_t f = {fol, -1};
   pthread_t th;
   pthread_create(&th, NULL, follow, &f);
-  run_t got;
   CHECK(run(m, lead, &got) == 0, "explicit group run: %s", ac_errmsg());
-  compare("f32 explicit comm tp=2", ref, &got);
+  compare(ipc ? "f32 zmq processes tp=2" : "f32 explicit comm tp=2", ref, &got);
   // A bad call stays on the leader: the follower never sees it, and the next call still works.
   const int32_t bad = 99999;
   CHECK(ac_ctx_eval(lead, 1, &bad, NULL, NULL, got.logits) == AC_EINVAL, "bad token refused");
@@ -148,7 +174,7 @@ static void explicit_group(const ac_model_t *m, const run_t *ref) {
   ac_ctx_destroy(&fol);
   ac_comm_destroy(&comm[0]);
   ac_comm_destroy(&comm[1]);
-  free(got.logits);
+  return got;
 }
 
 static void variant(const char *name, const char *path, bool explicit_too) {
@@ -182,7 +208,17 @@ static void variant(const char *name, const char *path, bool explicit_too) {
     }
     ac_ctx_destroy(&c);
   }
-  if (explicit_too) explicit_group(m, &ref);
+  if (explicit_too) {
+    run_t a = explicit_group(m, &ref, NULL);
+    char ipc[64];
+    snprintf(ipc, sizeof ipc, "/tmp/ac_test_tp_%d.ipc", (int)getpid());
+    run_t b = explicit_group(m, &ref, ipc);
+    // The ZeroMQ group adds the ranks' sums in the thread group's order: the same bits.
+    CHECK(a.n && a.n == b.n && memcmp(a.logits, b.logits, a.n * sizeof *a.logits) == 0,
+          "zmq group's logits are bit-identical to the thread group's");
+    free(a.logits);
+    free(b.logits);
+  }
   free(ref.logits);
   ac_model_destroy(&m);
 }

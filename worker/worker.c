@@ -313,17 +313,25 @@ static int tp_follow(worker_t *w) {
   }
 }
 
-// A process that is rank tp_rank > 0 of a CUDA group: no socket, no Redis; it lives as long as
-// its leader's group.
+// Joins the process group of --tp-id as rank tp_rank: NCCL between GPUs, ZeroMQ between CPU
+// processes.
+static int join_process_group(worker_t *w) {
+  const int timeout_ms = 300000;
+  if (w->backend == AC_BACKEND_CPU) return ac_comm_zmq_new(w->tp_rank, w->tp, w->tp_id, timeout_ms, &w->comm);
+#ifdef AC_HAVE_CUDA
+  return ac_comm_nccl_new(w->tp_rank, w->tp, w->gpu, w->tp_id, timeout_ms, &w->comm);
+#else
+  return ac_error(AC_EUNSUPPORTED, "--backend cuda needs a CUDA build: configure with -DAC_CUDA=ON");
+#endif
+}
+
+// A process that is rank tp_rank > 0 of a group: no socket, no Redis; it lives as long as its
+// leader's group.
 static int follower_process(worker_t *w) {
   int rc = ac_catalog_load_dir(w->zoo, &w->cat);
-#ifdef AC_HAVE_CUDA
-  if (!rc) rc = ac_comm_nccl_new(w->tp_rank, w->tp, w->gpu, w->tp_id, 300000, &w->comm);
-#else
-  if (!rc) rc = ac_error(AC_EUNSUPPORTED, "--tp-rank needs a CUDA build (NCCL): configure with -DAC_CUDA=ON");
-#endif
+  if (!rc) rc = join_process_group(w);
   if (!rc) {
-    AC_INFO("rank %d of %d on GPU %d: following rank 0 (%s)", w->tp_rank, w->tp, w->gpu, w->tp_id);
+    AC_INFO("rank %d of %d (%s): following rank 0 at %s", w->tp_rank, w->tp, w->comm->ops->name, w->tp_id);
     rc = tp_follow(w);
   }
   if (rc) fprintf(stderr, "ac-worker: rank %d: %s\n", w->tp_rank, ac_errmsg());
@@ -333,15 +341,11 @@ static int follower_process(worker_t *w) {
   return rc ? 1 : 0;
 }
 
-// Rank 0 of a CUDA group of processes joins it; a CPU group needs nothing here (its ranks are
-// threads the engine starts).
+// Rank 0 of a group of processes (--tp-id) joins it; a CPU group without --tp-id needs nothing
+// here (its ranks are threads the engine starts).
 static int join_group(worker_t *w) {
-  if (w->backend != AC_BACKEND_CUDA || w->tp == 1) return 0;
-#ifdef AC_HAVE_CUDA
-  return ac_comm_nccl_new(0, w->tp, w->gpu, w->tp_id, 300000, &w->comm);
-#else
-  return ac_error(AC_EUNSUPPORTED, "--backend cuda needs a CUDA build: configure with -DAC_CUDA=ON");
-#endif
+  if (w->tp == 1 || !w->tp_id) return 0;
+  return join_process_group(w);
 }
 
 // Rank 0 tells its followers the group is done (after unloading).
@@ -927,10 +931,12 @@ static void usage(FILE *f) {
           "  -t, --threads N       threads for the forward pass (default 1; per rank with --tp)\n"
           "  --backend B           cpu or cuda (default cpu; cuda needs an AC_CUDA build)\n"
           "  --gpu N               CUDA device of this process (default 0)\n"
-          "  --tp K                tensor-parallel ranks (default 1). cpu: K ranks as threads of this\n"
-          "                        process. cuda: K processes, one per GPU; this one is rank 0\n"
-          "  --tp-rank R           cuda, R > 0: run as rank R of rank 0's group (no --listen)\n"
-          "  --tp-id PATH          cuda: file through which the group's ranks meet (rank 0 writes it)\n"
+          "  --tp K                tensor-parallel ranks (default 1). Without --tp-id (cpu only): K ranks\n"
+          "                        as threads of this process. With --tp-id: K processes (cuda: one per\n"
+          "                        GPU, NCCL; cpu: ZeroMQ ipc), of which this one is rank 0 (--tp-rank)\n"
+          "  --tp-rank R           R > 0: run as rank R of rank 0's group (no socket, no Redis)\n"
+          "  --tp-id PATH          where the group's processes meet (cpu: an ipc socket rank 0 binds;\n"
+          "                        cuda: a file rank 0 writes the NCCL id to)\n"
           "  -c, --ctx N           context per sequence (default 1024)\n"
           "  --capacity-bytes N    most bytes of weights this worker may hold (0 = unlimited)\n"
           "  --prefill-chunk N     most prompt tokens per batched step, so decoding goes on (default 128)\n"
@@ -1029,10 +1035,11 @@ int main(int argc, char **argv) {
       default: goto bad;
     }
   }
-  if (w->tp_rank >= w->tp || (w->tp_rank > 0 && w->backend != AC_BACKEND_CUDA)) {
-    fprintf(stderr, "ac-worker: --tp-rank %d: ranks above 0 are CUDA processes of a group of --tp > rank\n", w->tp_rank);
+  if (w->tp_rank >= w->tp || (w->tp_rank > 0 && (!w->tp_id || !*w->tp_id))) {
+    fprintf(stderr, "ac-worker: --tp-rank %d: a rank above 0 joins a group of --tp > rank at --tp-id PATH\n", w->tp_rank);
     goto bad;
   }
+  if (w->tp_id && !*w->tp_id) w->tp_id = NULL;
   if (w->backend == AC_BACKEND_CUDA && w->tp > 1 && (!w->tp_id || !*w->tp_id)) {
     fprintf(stderr, "ac-worker: --backend cuda --tp %d needs --tp-id PATH (where the ranks meet)\n", w->tp);
     goto bad;

@@ -1,10 +1,16 @@
-"""Tensor-parallel workers in a real cluster: every worker runs its variant as 2 ranks (threads of
-the process, over the CPU communicator). Answers must equal `acq run`'s single-rank greedy text."""
+"""Tensor-parallel workers in a real cluster. Every worker of the cluster runs its variant as 2
+ranks (threads of the process, over the CPU communicator); a second test adds a worker made of 2
+processes (`--tp-id`: rank 0 serves, rank 1 follows over ZeroMQ ipc, as CUDA ranks do over NCCL),
+reloads it, and stops it. Answers must equal `acq run`'s single-rank greedy text."""
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 
-from cluster import Cluster, acq_run
+from cluster import BIN, Cluster, acq_run, free_base
 
 PROMPTS = ["Once upon a time", "Lily and Tom went to the park"]
 N = 32
@@ -30,3 +36,59 @@ def test_workers_say_they_run_two_ranks(cl):
     st = json.loads(cl.acctl("status", "--json").stdout)
     assert sorted((w["device"], w["tp"]) for w in st["workers"]) == [("cpu", 2), ("cpu", 2)]
     assert "cpu tp2" in cl.acctl("status").stdout
+
+
+def wait_for(pred, timeout_s=60):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_worker_of_two_processes_serves_reloads_and_stops(cl, stories_zoo, tmp_path):
+    # Only the operator moves this worker here: the scheduler would follow the int8 demand.
+    cl.acctl("policy", "set", "sched.min_residency_s", "3600")
+    port = free_base(5) + 3
+    ipc = str(tmp_path / "tp.ipc")
+    common = ["--zoo", str(stories_zoo), "--tp", "2", "--tp-id", ipc, "--slots", "2", "-c", "512"]
+    logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]
+    # The follower first: it waits for its leader to bind.
+    follower = subprocess.Popen([str(BIN / "ac-worker"), *common, "--tp-rank", "1"], stdout=logs[1], stderr=logs[1])
+    leader = subprocess.Popen([str(BIN / "ac-worker"), *common, "--id", "wtp", "--listen", f"tcp://127.0.0.1:{port}",
+                               "--variant", "int4", "--redis", cl.redis], stdout=logs[0], stderr=logs[0],
+                              env=cl.env)
+    try:
+        def ready(variant):
+            st = json.loads(cl.acctl("status", "--json").stdout)
+            return any(w["id"] == "wtp" and w["variant"] == variant and w["state"] == "ready" and w["tp"] == 2
+                       for w in st["workers"])
+        assert wait_for(lambda: ready("int4")), (tmp_path / "rank0.log").read_text()
+        prompt = PROMPTS[1]
+        assert cl.acctl("submit", "-p", prompt, "-n", N, "--variant", "int4").stdout == \
+            acq_run(stories_zoo / "int4.gguf", prompt, N)
+        # A reload moves both processes to the new variant together; with the other int8 worker
+        # drained, the int8 task can only go to the group.
+        cl.acctl("reload", "wtp", "int8", "--wait")
+        assert wait_for(lambda: ready("int8"))
+        holder = next(w["id"] for w in json.loads(cl.acctl("status", "--json").stdout)["workers"]
+                      if w["variant"] == "int8" and w["id"] != "wtp")
+        cl.acctl("drain", holder)
+        try:
+            res = json.loads(cl.acctl("submit", "-p", prompt, "-n", N, "--variant", "int8", "--json").stdout)
+        finally:
+            cl.acctl("undrain", holder)
+        assert res["worker"] == "wtp" and res["text"] == acq_run(stories_zoo / "int8.gguf", prompt, N)
+        follower_log = (tmp_path / "rank1.log").read_text()
+        assert "int4 loaded" in follower_log and "int8 loaded" in follower_log, follower_log
+        # SIGTERM to rank 0: it drains, leaves the group, and the follower ends with it.
+        leader.send_signal(signal.SIGTERM)
+        assert leader.wait(timeout=60) == 0
+        assert follower.wait(timeout=30) == 0, (tmp_path / "rank1.log").read_text()
+    finally:
+        cl.acctl("policy", "reset", "sched.min_residency_s")
+        for p in (leader, follower):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
