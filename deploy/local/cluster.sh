@@ -4,6 +4,7 @@
 #
 #   deploy/local/cluster.sh start [--zoo DIR] [--workers N] [--variants a,b,c] [--dir RUNDIR]
 #                                 [--port BASE] [--slots S] [--threads T] [--tp K] [--ctx C] [--routers R]
+#                                 [--backend cpu|cuda]  (cuda: worker i on GPU i mod $AC_GPUS)
 #                                 [--controller FILE]   (routers load it and use policy controller)
 #   deploy/local/cluster.sh stop   [--dir RUNDIR]     # stops everything and removes RUNDIR
 #   deploy/local/cluster.sh status [--dir RUNDIR]     # acctl status against it
@@ -19,7 +20,7 @@ AC_CACHE=${AC_CACHE:-$HOME/.cache/agentcompress}
 bin=${AC_BIN:-build/bin}
 cmd=${1:-}
 [ $# -gt 0 ] && shift
-zoo=$AC_CACHE/zoo workers=3 variants="" dir=$AC_CACHE/cluster port=6390 slots=4 threads=1 ctx=1024 routers=1 tp=1
+zoo=$AC_CACHE/zoo workers=3 variants="" dir=$AC_CACHE/cluster port=6390 slots=4 threads=1 ctx=1024 routers=1 tp=1 backend=cpu
 controller=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
     --slots) slots=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --tp) tp=$2; shift 2 ;;
+    --backend) backend=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --routers) routers=$2; shift 2 ;;
     --controller) controller=$2; shift 2 ;;
@@ -117,7 +119,7 @@ echo $! >"$dir/pid.scheduler"
 for i in $(seq 0 $((workers - 1))); do
   v=${vlist[$((i % ${#vlist[@]}))]}
   "$bin/ac-worker" --id "w$i" --listen "tcp://127.0.0.1:$((port + 10 + i))" --zoo "$zoo" --variant "$v" \
-    --redis "$redis_addr" --slots "$slots" -t "$threads" --tp "$tp" -c "$ctx" >"$dir/worker.w$i.log" 2>&1 &
+    --redis "$redis_addr" --slots "$slots" -t "$threads" --tp "$tp" --backend "$backend" --gpu "$(( i % ${AC_GPUS:-1} ))" -c "$ctx" >"$dir/worker.w$i.log" 2>&1 &
   echo $! >"$dir/pid.worker.w$i"
 done
 for r in $(seq 0 $((routers - 1))); do
