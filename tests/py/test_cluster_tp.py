@@ -75,7 +75,13 @@ def test_a_worker_of_two_processes_serves_reloads_and_stops(cl, stories_zoo, tmp
         holder = next(w["id"] for w in json.loads(cl.acctl("status", "--json").stdout)["workers"]
                       if w["variant"] == "int8" and w["id"] != "wtp")
         cl.acctl("drain", holder)
+
+        def draining():
+            st = json.loads(cl.acctl("status", "--json").stdout)
+            return any(w["id"] == holder and w["state"] == "draining" for w in st["workers"])
         try:
+            assert wait_for(draining)
+            time.sleep(0.5)  # a heartbeat interval, for the router to read it too
             res = json.loads(cl.acctl("submit", "-p", prompt, "-n", N, "--variant", "int8", "--json").stdout)
         finally:
             cl.acctl("undrain", holder)
