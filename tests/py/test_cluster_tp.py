@@ -48,8 +48,15 @@ def wait_for(pred, timeout_s=60):
 
 
 def test_a_worker_of_two_processes_serves_reloads_and_stops(cl, stories_zoo, tmp_path):
-    # Only the operator moves this worker here: the scheduler would follow the int8 demand.
+    # Only this worker may serve (the router would otherwise upgrade a task to a better variant
+    # another worker holds), and only the operator moves it (the scheduler would follow demand).
     cl.acctl("policy", "set", "sched.min_residency_s", "3600")
+    others = [w["id"] for w in json.loads(cl.acctl("status", "--json").stdout)["workers"]]
+    for w in others:
+        cl.acctl("drain", w)
+
+    def states():
+        return {w["id"]: w for w in json.loads(cl.acctl("status", "--json").stdout)["workers"]}
     port = free_base(5) + 3
     ipc = str(tmp_path / "tp.ipc")
     common = ["--zoo", str(stories_zoo), "--tp", "2", "--tp-id", ipc, "--slots", "2", "-c", "512"]
@@ -61,31 +68,20 @@ def test_a_worker_of_two_processes_serves_reloads_and_stops(cl, stories_zoo, tmp
                               env=cl.env)
     try:
         def ready(variant):
-            st = json.loads(cl.acctl("status", "--json").stdout)
-            return any(w["id"] == "wtp" and w["variant"] == variant and w["state"] == "ready" and w["tp"] == 2
-                       for w in st["workers"])
+            st = states()
+            return all(st[w]["state"] == "draining" for w in others) and "wtp" in st and \
+                st["wtp"]["variant"] == variant and st["wtp"]["state"] == "ready" and st["wtp"]["tp"] == 2
         assert wait_for(lambda: ready("int4")), (tmp_path / "rank0.log").read_text()
+        time.sleep(0.5)  # a few heartbeats, for the router to see what acctl sees
         prompt = PROMPTS[1]
-        assert cl.acctl("submit", "-p", prompt, "-n", N, "--variant", "int4").stdout == \
-            acq_run(stories_zoo / "int4.gguf", prompt, N)
-        # A reload moves both processes to the new variant together; with the other int8 worker
-        # drained, the int8 task can only go to the group.
-        cl.acctl("reload", "wtp", "int8", "--wait")
-        assert wait_for(lambda: ready("int8"))
-        holder = next(w["id"] for w in json.loads(cl.acctl("status", "--json").stdout)["workers"]
-                      if w["variant"] == "int8" and w["id"] != "wtp")
-        cl.acctl("drain", holder)
-
-        def draining():
-            st = json.loads(cl.acctl("status", "--json").stdout)
-            return any(w["id"] == holder and w["state"] == "draining" for w in st["workers"])
-        try:
-            assert wait_for(draining)
-            time.sleep(0.5)  # a heartbeat interval, for the router to read it too
-            res = json.loads(cl.acctl("submit", "-p", prompt, "-n", N, "--variant", "int8", "--json").stdout)
-        finally:
-            cl.acctl("undrain", holder)
-        assert res["worker"] == "wtp" and res["text"] == acq_run(stories_zoo / "int8.gguf", prompt, N)
+        for variant in ("int4", "int8"):
+            if variant != "int4":  # a reload moves both processes to the new variant together
+                cl.acctl("reload", "wtp", variant, "--wait")
+                assert wait_for(lambda: ready(variant))
+                time.sleep(0.5)
+            res = json.loads(cl.acctl("submit", "-p", prompt, "-n", N, "--variant", variant, "--json").stdout)
+            assert res["worker"] == "wtp" and res["variant"] == variant
+            assert res["text"] == acq_run(stories_zoo / f"{variant}.gguf", prompt, N)
         follower_log = (tmp_path / "rank1.log").read_text()
         assert "int4 loaded" in follower_log and "int8 loaded" in follower_log, follower_log
         # SIGTERM to rank 0: it drains, leaves the group, and the follower ends with it.
@@ -93,6 +89,8 @@ def test_a_worker_of_two_processes_serves_reloads_and_stops(cl, stories_zoo, tmp
         assert leader.wait(timeout=60) == 0
         assert follower.wait(timeout=30) == 0, (tmp_path / "rank1.log").read_text()
     finally:
+        for w in others:
+            cl.acctl("undrain", w)
         cl.acctl("policy", "reset", "sched.min_residency_s")
         for p in (leader, follower):
             if p.poll() is None:
