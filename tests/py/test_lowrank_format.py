@@ -63,7 +63,9 @@ def test_truncated_factors_change_logits_and_svd_rank_is_close(stories_gguf, tmp
         write_factored(stories_gguf, f, "blk.2.ffn_down.weight", svd(rank))
         errs.append(np.abs(logits(f, tmp_path, f"r{rank}") - base).max())
     assert errs[0] > errs[1] > errs[2]  # more rank, closer to the base
-    assert errs[2] < 1e-3  # full rank (64 = min dim) reproduces it up to float rounding
+    # Full rank (64 = min dim) reproduces it up to float rounding, which the f16 KV cache can turn
+    # into one f16 step of a logit (measured 1e-4 to 2.4e-3 with AVX-512 / AVX2 kernels).
+    assert errs[2] < 5e-3 and errs[2] < errs[1] / 4, errs
 
 
 def test_bad_factor_shapes_are_clear_errors(stories_gguf, tmp_path):
