@@ -35,6 +35,7 @@ static int nccl_fail(ncclResult_t r, const nccl_comm_t *c, const char *what) {
 }
 
 static int cuda_fail(cudaError_t e, const nccl_comm_t *c, const char *what) {
+  (void)cudaGetLastError();  // reported here: not for the next kernel launch to pick up
   return ac_error(e == cudaErrorMemoryAllocation ? AC_ENOMEM : AC_EIO, "NCCL rank %d of %d (GPU %d): %s: %s",
                   c->base.rank, c->base.size, c->gpu, what, cudaGetErrorString(e));
 }
@@ -92,6 +93,7 @@ static void nccl_destroy(ac_comm_t *base) {
   if (c->nc) ncclCommDestroy(c->nc);
   if (c->bbuf) cudaFree(c->bbuf);
   if (c->stream) cudaStreamDestroy(c->stream);
+  (void)cudaGetLastError();  // e.g. cudaSetDevice of a bad GPU number: leave no error behind
   free(c);
 }
 

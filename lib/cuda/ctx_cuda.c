@@ -95,6 +95,10 @@ struct ac_cuda_ctx {
 };
 
 static int cu_fail(cudaError_t e, int gpu, const char *what) {
+  // A failed runtime call also leaves its error as the thread's "last error", which the kernel
+  // launches read (cudaGetLastError): clear it here, where it is reported, or the next launch
+  // (even of a later context) would fail with it.
+  (void)cudaGetLastError();
   return ac_error(e == cudaErrorMemoryAllocation ? AC_ENOMEM : AC_EIO, "GPU %d: %s: %s", gpu, what,
                   cudaGetErrorString(e));
 }
@@ -400,6 +404,9 @@ void ac_cuda_ctx_destroy(ac_cuda_ctx_t **self_p) {
   if (c->h_i32) cudaFreeHost(c->h_i32);
   if (c->have_blas) cublasDestroy(c->blas);
   if (c->have_stream) cudaStreamDestroy(c->stream);
+  // Nothing here reports errors (cudaSetDevice fails for the bad GPU number that made
+  // ac_cuda_ctx_new give up): leave none behind for the next kernel launch to pick up.
+  (void)cudaGetLastError();
   free(c->layers);
   free(c->pieces);
   free(c);

@@ -669,6 +669,7 @@ k_attention(const float *__restrict__ q, int H, int Hkv, int hd, const int32_t *
 // --- cuBLAS ----------------------------------------------------------------------------------
 
 int blas_failed(cublasStatus_t st, const char *what) {
+  (void)cudaGetLastError();  // a CUDA error under it is reported here, not by the next launch
   return ac_error(AC_EIO, "cuBLAS %s: %s", what, cublasGetStatusString(st));
 }
 
