@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "stories.h"
 #include "convert.h"
 #include "error.h"
 #include "eval.h"
@@ -104,14 +105,8 @@ int main(void) {
   ac_quant_init();
   test_gsm8k_text();
 
-  const char *shared = getenv("AC_SHARED");
-  char ckpt[1024], tok[1024], path[] = "/tmp/ac_test_eval_XXXXXX";
-  snprintf(ckpt, sizeof ckpt, "%s/models/stories260K/stories260K.bin", shared ? shared : "../shared");
-  snprintf(tok, sizeof tok, "%s/models/stories260K/tok512.bin", shared ? shared : "../shared");
-  int fd = mkstemp(path);
-  if (fd < 0) return 1;
-  close(fd);
-  int rc = ac_convert_llama2c(ckpt, tok, path);
+  char path[] = "/tmp/ac_test_eval_XXXXXX";
+  int rc = stories_gguf(path);
   CHECK(rc == 0, "convert: %s", ac_errmsg());
   ac_model_t *m = NULL, *m2 = NULL;
   if (rc || ac_model_load(path, &m) || ac_model_load(path, &m2)) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "stories.h"
 #include "convert.h"
 #include "error.h"
 #include "gguf.h"
@@ -74,15 +75,9 @@ static int write_half_split(const char *src, const char *dst) {
 
 int main(void) {
   ac_quant_init();
-  const char *shared = getenv("AC_SHARED");
-  char ckpt[1024], tok[1024], path[] = "/tmp/ac_test_model_XXXXXX", path2[64];
-  snprintf(ckpt, sizeof ckpt, "%s/models/stories260K/stories260K.bin", shared ? shared : "../shared");
-  snprintf(tok, sizeof tok, "%s/models/stories260K/tok512.bin", shared ? shared : "../shared");
-  int fd = mkstemp(path);
-  if (fd < 0) return 1;
-  close(fd);
+  char path[] = "/tmp/ac_test_model_XXXXXX", path2[64];
+  int rc = stories_gguf(path);
   snprintf(path2, sizeof path2, "%s.neox", path);
-  int rc = ac_convert_llama2c(ckpt, tok, path);
   CHECK(rc == 0, "convert: %s", ac_errmsg());
   if (rc) return check_report();
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "stories.h"
 #include "convert.h"
 #include "error.h"
 #include "model.h"
@@ -147,14 +148,8 @@ static bool same_text(const got_t *g, const ref_out_t *r) {
 
 int main(void) {
   ac_quant_init();
-  const char *shared = getenv("AC_SHARED");
-  char ckpt[1024], tokp[1024], path[] = "/tmp/ac_test_serve_XXXXXX";
-  snprintf(ckpt, sizeof ckpt, "%s/models/stories260K/stories260K.bin", shared ? shared : "../shared");
-  snprintf(tokp, sizeof tokp, "%s/models/stories260K/tok512.bin", shared ? shared : "../shared");
-  int fd = mkstemp(path);
-  if (fd < 0) return 1;
-  close(fd);
-  int rc = ac_convert_llama2c(ckpt, tokp, path);
+  char path[] = "/tmp/ac_test_serve_XXXXXX";
+  int rc = stories_gguf(path);
   CHECK(rc == 0, "convert: %s", ac_errmsg());
   ac_model_t *m = NULL;
   if (rc || (rc = ac_model_load(path, &m))) {

@@ -13,12 +13,10 @@
 
 #include "check.h"
 #include "comm.h"
-#include "convert.h"
 #include "error.h"
-#include "lowrank.h"
 #include "model.h"
 #include "quant.h"
-#include "quantize.h"
+#include "stories.h"
 
 enum { STEPS = 24, NA = 12, NB = 8 };
 static const int32_t prompt_a[NA] = {1, 403, 407, 261, 378, 275, 262, 384, 310, 260, 412, 270};
@@ -230,22 +228,9 @@ static void variant(const char *name, const char *path, bool explicit_too) {
 // fall on the block sums the one-rank dot product adds anyway.
 int main(void) {
   ac_quant_init();
-  const char *shared = getenv("AC_SHARED");
-  char ckpt[1024], tok[1024], f32[] = "/tmp/ac_test_tp_XXXXXX", q8[64], lr[64];
-  snprintf(ckpt, sizeof ckpt, "%s/models/stories260K/stories260K.bin", shared ? shared : "../shared");
-  snprintf(tok, sizeof tok, "%s/models/stories260K/tok512.bin", shared ? shared : "../shared");
-  int fd = mkstemp(f32);
-  if (fd < 0) return 1;
-  close(fd);
-  snprintf(q8, sizeof q8, "%s.q8_0", f32);
-  snprintf(lr, sizeof lr, "%s.lowrank", f32);
-  CHECK(ac_convert_llama2c(ckpt, tok, f32) == 0, "convert: %s", ac_errmsg());
-  ac_quantize_params_t qp = ac_quantize_default_params(AC_TYPE_Q8_0);
-  CHECK(ac_quantize_model(f32, q8, &qp, NULL) == 0, "quantize: %s", ac_errmsg());
-  ac_lowrank_params_t lp = ac_lowrank_params_default();
-  lp.rank = 8;
-  lp.type = AC_TYPE_F32;
-  CHECK(ac_lowrank_file(f32, lr, &lp, NULL) == 0, "lowrank: %s", ac_errmsg());
+  char f32[] = "/tmp/ac_test_tp_XXXXXX", q8[64], lr[64];
+  CHECK(stories_gguf(f32) == 0, "convert: %s", ac_errmsg());
+  CHECK(stories_variants(f32, q8, lr, sizeof q8) == 0, "variants: %s", ac_errmsg());
 
   variant("f32", f32, true);
   variant("q8_0", q8, false);
