@@ -9,7 +9,6 @@
 
 #include "check.h"
 #include "stories.h"
-#include "convert.h"
 #include "error.h"
 #include "eval.h"
 #include "model.h"

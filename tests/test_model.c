@@ -8,7 +8,6 @@
 
 #include "check.h"
 #include "stories.h"
-#include "convert.h"
 #include "error.h"
 #include "gguf.h"
 #include "model.h"

@@ -11,7 +11,6 @@
 
 #include "check.h"
 #include "stories.h"
-#include "convert.h"
 #include "error.h"
 #include "model.h"
 #include "prompt.h"
